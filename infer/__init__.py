@@ -1,0 +1,1 @@
+"""Torch-free streaming annotation with ONNX models (issue #5, not built yet)."""

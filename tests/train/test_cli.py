@@ -1,0 +1,64 @@
+"""The ``scnym train | predict | configs`` commands."""
+
+from __future__ import annotations
+
+import json
+
+import anndata
+from click.testing import CliRunner
+from scnym.cli import main
+from synthetic import make_counts
+
+
+def test_train_then_predict(tmp_path):
+    data = tmp_path / "data.h5ad"
+    make_counts(n_cells=160, n_genes=30, seed=1).write_h5ad(data)
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        ["train", str(data), "--groupby", "label", "--out", str(tmp_path / "m"),
+         "--epochs", "2", "--seed", "3", "--config", "no_new_identity"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "held-out accuracy" in result.output
+    manifest = json.loads((tmp_path / "m" / "scnym_model.json").read_text())
+    assert manifest["config"]["n_epochs"] == 2 and manifest["config"]["seed"] == 3
+    result = runner.invoke(
+        main,
+        ["predict", str(data), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad")],
+    )
+    assert result.exit_code == 0, result.output
+    annotated = anndata.read_h5ad(tmp_path / "o.h5ad")
+    assert {"scNym", "scNym_confidence"} <= set(annotated.obs.columns)
+    assert annotated.obsm["X_scnym"].shape == (160, 256)
+
+
+def test_train_accepts_a_json_config(tmp_path):
+    data = tmp_path / "data.h5ad"
+    make_counts(n_cells=160, n_genes=30, seed=1).write_h5ad(data)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"preset": "no_ssl", "n_epochs": 1, "batch_size": 32}))
+    result = CliRunner().invoke(
+        main, ["train", str(data), "--groupby", "label", "--out", str(tmp_path / "m"),
+               "--config", str(config)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "m" / "scnym_model.json").read_text())
+    assert manifest["config"]["batch_size"] == 32 and manifest["config"]["unsup_max_weight"] == 0
+
+
+def test_train_reports_a_missing_label_column(tmp_path):
+    data = tmp_path / "data.h5ad"
+    make_counts(n_cells=40, n_genes=10).write_h5ad(data)
+    result = CliRunner().invoke(main, ["train", str(data), "--groupby", "nope"])
+    assert result.exit_code == 1
+    assert "Error: groupby='nope' is not a column of adata.obs" in result.output
+
+
+def test_configs_lists_and_shows_presets():
+    runner = CliRunner()
+    listing = runner.invoke(main, ["configs"])
+    assert listing.exit_code == 0 and "new_identity_discovery" in listing.output
+    shown = runner.invoke(main, ["configs", "--show", "new_identity_discovery"])
+    values = json.loads(shown.output)
+    assert values["ssl_kwargs"]["pseudolabel_min_confidence"] == 0.9

@@ -1,0 +1,146 @@
+"""The ``scnym`` command line.
+
+Commands import their heavy dependencies lazily: the CLI itself is torch-free,
+so commands that do not train run from the base install.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+
+def _read_h5ad(path: str):
+    import anndata
+
+    return anndata.read_h5ad(path)
+
+
+class _Group(click.Group):
+    """Show a user's input errors as one-line messages, not tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError, NotImplementedError) as err:
+            raise click.ClickException(str(err)) from err
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="scnym")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def main(verbose: bool) -> None:
+    """scNym: semi-supervised adversarial cell type annotation."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--groupby", required=True, help="obs column of labels ('Unlabeled' = target cells).")
+@click.option("--domain-groupby", default=None, help="obs column of domains for the adversary.")
+@click.option(
+    "--config",
+    "config_name",
+    default="new_identity_discovery",
+    show_default=True,
+    help="Preset name or a JSON file of config overrides.",
+)
+@click.option("--out", "out_path", default="./scnym_outputs", show_default=True, type=click.Path())
+@click.option("--epochs", type=int, default=None, help="Override n_epochs.")
+@click.option("--device", default=None, help="auto, cpu or cuda (default: the config's, auto).")
+@click.option("--seed", type=int, default=None, help="Random seed (default: the config's, 0).")
+def train(data, groupby, domain_groupby, config_name, out_path, epochs, device, seed) -> None:
+    """Train a model on DATA.h5ad and write its model directory to --out."""
+    from .api import scnym_api
+    from .config import get_config
+
+    config = get_config(config_name)
+    overrides = {
+        key: value
+        for key, value in {"n_epochs": epochs, "device": device, "seed": seed}.items()
+        if value is not None
+    }
+    adata = _read_h5ad(data)
+    scnym_api(
+        adata,
+        task="train",
+        groupby=groupby,
+        domain_groupby=domain_groupby,
+        out_path=out_path,
+        config=config.updated(overrides),
+    )
+    results = adata.uns["scNym_train_results"]
+    click.echo(
+        f"Model written to {out_path}: {results['n_cell_types']} classes, "
+        f"{results['n_genes']} genes, held-out accuracy {results['final_acc']:.3f}"
+    )
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
+              help="Annotated h5ad (default: DATA with '_scnym' appended).")  # fmt: skip
+@click.option("--key-added", default="scNym", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def predict(data, model_dir, out_file, key_added, device) -> None:
+    """Annotate DATA.h5ad with a trained model directory (torch)."""
+    from .api import scnym_api
+
+    adata = _read_h5ad(data)
+    scnym_api(
+        adata,
+        task="predict",
+        trained_model=model_dir,
+        key_added=key_added,
+        config={"device": device},
+    )
+    out_file = out_file or str(Path(data).with_name(Path(data).stem + "_scnym.h5ad"))
+    adata.write_h5ad(out_file)
+    counts = adata.obs[key_added].value_counts()
+    click.echo(f"Wrote {out_file}: {adata.n_obs} cells annotated")
+    click.echo(counts.to_string())
+
+
+@main.command()
+@click.option("--out", "out_path", default="scnym_demo", show_default=True, type=click.Path())
+@click.option("--epochs", type=int, default=None, help="Override n_epochs (default 100).")
+@click.option("--config", "config_name", default="new_identity_discovery", show_default=True)
+def demo(out_path, epochs, config_name) -> None:
+    """Train on the bundled Kang PBMCs (control labeled, stimulated unlabeled) and score."""
+    from .demo import run_demo
+
+    result = run_demo(out_path=out_path, config=config_name, n_epochs=epochs)
+    click.echo(f"Model directory: {out_path} (training {result['train_seconds']:.0f} s)")
+    click.echo(
+        f"Stimulated cells: accuracy {result['accuracy']:.3f}, "
+        f"balanced accuracy {result['balanced_accuracy']:.3f}"
+    )
+    click.echo("Recall per cell type:")
+    click.echo(result["recall"].round(3).to_string())
+
+
+@main.command("configs")
+@click.option("--show", default=None, help="Print one preset's full values as JSON.")
+def configs(show) -> None:
+    """List the config presets (or show one)."""
+    from .config import PRESETS, get_config
+
+    if show:
+        click.echo(json.dumps(get_config(show).to_dict(), indent=1))
+        return
+    for name, make in PRESETS.items():
+        click.echo(f"{name:24s} {make().description}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
