@@ -9,49 +9,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from legacy import write_legacy_dir
 from scnym.api import scnym_api
 from scnym.model import CellTypeCLF
 from scnym.modeldir import MANIFEST_FILE, RESULTS_FILE, WEIGHTS_FILE, load_model_dir
 from synthetic import log1p_cpm, make_counts
-from torch import nn
-
-
-def _legacy_reference(n_genes: int, n_classes: int, seed: int = 0) -> nn.Sequential:
-    """scNym 0.3.2's classifier: the hidden layer list-multiplied, so its weights are shared."""
-    torch.manual_seed(seed)
-    hidden = [nn.Linear(256, 256), nn.BatchNorm1d(256), nn.Dropout(0.5), nn.ReLU(inplace=True)]
-    layers = [nn.Linear(n_genes, 256), nn.BatchNorm1d(256), nn.Dropout(0.5), nn.ReLU(inplace=True)]
-    layers += hidden * 2 + [nn.Linear(256, n_classes)]
-    seq = nn.Sequential(*layers)
-    with torch.no_grad():  # non-trivial running statistics
-        for module in seq.modules():
-            if isinstance(module, nn.BatchNorm1d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return seq.eval()
-
-
-def _write_legacy_dir(path, genes, classes, seed=0) -> nn.Sequential:
-    """Write a model directory with the key layout and pickle contents of scNym 0.3.2."""
-    reference = _legacy_reference(len(genes), len(classes), seed)
-    state = {f"classif.{k}": v for k, v in reference.state_dict().items()}
-    assert "classif.8.weight" in state and "classif.12.weight" in state
-    torch.save(state, path / WEIGHTS_FILE)
-    results = {
-        "model_path": os.path.realpath(path / WEIGHTS_FILE),
-        "final_acc": np.float64(0.9),
-        "final_loss": 0.3,
-        "n_genes": len(genes),
-        "n_cell_types": len(classes),
-        "class_names": np.array(classes),
-        "gene_names": list(genes),
-        "model_kwargs": {"n_hidden": 256, "n_layers": 2, "init_dropout": 0.0, "residual": False},
-        "traintest_idx": np.arange(10),
-        "val_idx": np.arange(10, 12),
-    }
-    with open(path / RESULTS_FILE, "wb") as fh:
-        pickle.dump(results, fh)
-    return reference
 
 
 def test_round_trip_gives_identical_predictions(tmp_path):
@@ -77,7 +39,7 @@ def test_round_trip_gives_identical_predictions(tmp_path):
 def test_original_032_directory_loads_and_predicts_like_the_original(tmp_path):
     adata = log1p_cpm(make_counts(n_cells=50, n_genes=20, seed=2))
     classes = ["B", "Mono", "T"]
-    reference = _write_legacy_dir(tmp_path, adata.var_names.tolist(), classes)
+    reference = write_legacy_dir(tmp_path, adata.var_names.tolist(), classes)
     bundle = load_model_dir(tmp_path)
     assert bundle.class_names == classes
     assert bundle.manifest["preprocessing"]["input"] == "log1p_cpm"
@@ -94,7 +56,7 @@ def test_original_032_directory_loads_and_predicts_like_the_original(tmp_path):
 
 def test_legacy_state_without_the_aliased_layer_keys_still_loads(tmp_path):
     genes = [f"gene_{i}" for i in range(15)]
-    reference = _write_legacy_dir(tmp_path, genes, ["a", "b"])
+    reference = write_legacy_dir(tmp_path, genes, ["a", "b"])
     state = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith(("classif.8.", "classif.9."))}
     torch.save(state, tmp_path / WEIGHTS_FILE)
@@ -110,7 +72,7 @@ class _Exploit:
 
 def test_results_pickle_is_loaded_without_running_code(tmp_path):
     genes = [f"gene_{i}" for i in range(15)]
-    _write_legacy_dir(tmp_path, genes, ["a", "b"])
+    write_legacy_dir(tmp_path, genes, ["a", "b"])
     with open(tmp_path / RESULTS_FILE, "wb") as fh:
         pickle.dump({"gene_names": genes, "class_names": ["a", "b"], "x": _Exploit()}, fh)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
@@ -126,21 +88,21 @@ def test_missing_directory_and_missing_weights(tmp_path):
 
 
 def test_missing_names_file(tmp_path):
-    _write_legacy_dir(tmp_path, [f"g{i}" for i in range(15)], ["a", "b"])
+    write_legacy_dir(tmp_path, [f"g{i}" for i in range(15)], ["a", "b"])
     (tmp_path / RESULTS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="gene and class names unknown"):
         load_model_dir(tmp_path)
 
 
 def test_corrupt_weights(tmp_path):
-    _write_legacy_dir(tmp_path, [f"g{i}" for i in range(15)], ["a", "b"])
+    write_legacy_dir(tmp_path, [f"g{i}" for i in range(15)], ["a", "b"])
     (tmp_path / WEIGHTS_FILE).write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="Cannot read weights"):
         load_model_dir(tmp_path)
 
 
 def test_weights_that_do_not_fit_the_manifest(tmp_path):
-    _write_legacy_dir(tmp_path, [f"g{i}" for i in range(15)], ["a", "b"])
+    write_legacy_dir(tmp_path, [f"g{i}" for i in range(15)], ["a", "b"])
     manifest = {"gene_names": [f"g{i}" for i in range(16)], "class_names": ["a", "b"]}
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="do not match 16 genes"):

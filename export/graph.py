@@ -1,0 +1,79 @@
+"""The exported computation: normalisation, classifier and outputs as one torch module."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Literal
+
+import onnx
+import torch
+from scnym.model import CellTypeCLF
+from torch import nn
+
+InputMode = Literal["counts", "log1p_cpm"]
+#: ONNX opset the graph is exported with unless asked otherwise.
+DEFAULT_OPSET = 17
+INPUT_NAMES = {"counts": ["counts", "total_counts"], "log1p_cpm": ["log1p_cpm"]}
+OUTPUT_NAMES = ["probabilities", "embedding", "predicted_class"]
+
+
+class ScnymGraph(nn.Module):
+    """Eval-mode classifier with its preprocessing, as exported to ONNX.
+
+    Parameters
+    ----------
+    model
+        The trained classifier.
+    input_mode
+        ``'counts'``: inputs are the raw counts of the model's genes and each
+        cell's total counts over all its genes; CPM scaling and log1p run inside.
+        ``'log1p_cpm'``: the input is already log1p(CPM).
+    target_sum
+        Counts per cell of the CPM scale.
+    """
+
+    def __init__(self, model: CellTypeCLF, input_mode: InputMode, target_sum: float) -> None:
+        super().__init__()
+        if input_mode not in INPUT_NAMES:
+            raise ValueError(f"input_mode must be 'counts' or 'log1p_cpm', not {input_mode!r}")
+        self.model = model.eval()
+        self.input_mode = input_mode
+        self.target_sum = float(target_sum)
+        self.eval()
+
+    def forward(self, x: torch.Tensor, total_counts: torch.Tensor | None = None):
+        if self.input_mode == "counts":
+            scale = self.target_sum / total_counts.clamp_min(1e-12)
+            x = torch.log1p(x * scale.unsqueeze(1))
+        logits, embedding = self.model(x, return_embed=True)
+        return torch.softmax(logits, dim=1), embedding, logits.argmax(dim=1)
+
+    def example_inputs(self, n_cells: int = 2) -> tuple[torch.Tensor, ...]:
+        counts = torch.ones(n_cells, self.model.n_genes)
+        if self.input_mode == "counts":
+            return counts, counts.sum(dim=1)
+        return (counts,)
+
+
+def to_onnx(graph: ScnymGraph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Trace ``graph`` to an ONNX model with a dynamic batch axis."""
+    inputs = INPUT_NAMES[graph.input_mode]
+    dynamic = {name: {0: "cells"} for name in inputs + OUTPUT_NAMES}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            graph,
+            graph.example_inputs(),
+            buffer,
+            input_names=inputs,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,  # the TorchScript path: small, deterministic graphs for an MLP
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.producer_name = "scnym"
+    return proto

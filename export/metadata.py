@@ -1,0 +1,101 @@
+"""The metadata an exported model carries: everything a consumer needs, as JSON values."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from scnym import __version__
+from scnym.modeldir import ModelBundle
+from scnym.preprocessing import TARGET_SUM
+
+#: Layout version of the metadata (read back by ``scnym.infer.model``).
+FORMAT_VERSION = 1
+META_PREFIX = "scnym."
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+
+
+def gene_id_type(genes: list[str]) -> str:
+    """``'ensembl'`` when most gene names are Ensembl gene IDs, else ``'symbol'``."""
+    if not genes:
+        return "symbol"
+    hits = sum(bool(_ENSEMBL.match(g)) for g in genes)
+    return "ensembl" if hits > len(genes) / 2 else "symbol"
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of the state dict's names and values (independent of file format)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def build_metadata(
+    bundle: ModelBundle, input_mode: str, precision: str, opset: int
+) -> dict[str, Any]:
+    """Collect the metadata of an export from the model directory's manifest."""
+    manifest = bundle.manifest
+    preprocessing = manifest.get("preprocessing", {})
+    config = manifest.get("config", {})
+    threshold = manifest.get("confidence_threshold")
+    if threshold is None:
+        threshold = config.get("ssl_kwargs", {}).get("pseudolabel_min_confidence") or None
+    genes = list(bundle.gene_names)
+    return {
+        "format_version": FORMAT_VERSION,
+        "genes": genes,
+        "gene_id_type": gene_id_type(genes),
+        "classes": list(bundle.class_names),
+        "preprocessing": {
+            "input_mode": input_mode,
+            "target_sum": float(preprocessing.get("target_sum", TARGET_SUM)),
+            "log_base": "e",
+            "library_size": "total counts over all genes of the cell (input total_counts)",
+            "training_input": preprocessing.get("input", "log1p_cpm"),
+        },
+        "model_kwargs": manifest.get("model_kwargs", {}),
+        "training": {"config": config, "data": manifest.get("data", {})},
+        "metrics": manifest.get("metrics", {}),
+        "confidence_threshold": threshold,
+        "producer": {
+            "name": "scnym",
+            "version": __version__,
+            "trained_by": manifest.get("producer"),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "opset": opset,
+            "versions_at_training": manifest.get("versions", {}),
+        },
+        "precision": precision,
+        "created": manifest.get("created"),
+        "weights_sha256": weights_sha256(bundle.model),
+        "io": {
+            "inputs": (
+                {"counts": "[cells, genes] raw counts in gene order", "total_counts": "[cells]"}
+                if input_mode == "counts"
+                else {"log1p_cpm": "[cells, genes] log1p(CPM) in gene order"}
+            ),
+            "outputs": {
+                "probabilities": "[cells, classes]",
+                "embedding": "[cells, hidden] (obsm['X_scnym'])",
+                "predicted_class": "[cells] index into classes",
+            },
+        },
+    }
+
+
+def attach_metadata(proto: onnx.ModelProto, metadata: dict[str, Any]) -> onnx.ModelProto:
+    """Write ``metadata`` into ``proto.metadata_props`` (sorted keys, JSON values)."""
+    del proto.metadata_props[:]
+    for key in sorted(metadata):
+        entry = proto.metadata_props.add()
+        entry.key = META_PREFIX + key
+        entry.value = json.dumps(metadata[key], sort_keys=True)
+    return proto

@@ -1,0 +1,129 @@
+"""Open an exported scNym ONNX model and read what it carries (onnxruntime only, no torch)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+#: Prefix of the metadata keys scNym writes into ONNX ``metadata_props``.
+META_PREFIX = "scnym."
+#: Metadata layout version this reader understands.
+FORMAT_VERSION = 1
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Return the scNym metadata of an ONNX file as a dict (JSON values decoded).
+
+    Raises
+    ------
+    ValueError
+        If the file is not an ONNX model written by ``scnym export``.
+    """
+    session = _session(path, providers=["CPUExecutionProvider"])
+    return _metadata(session, path)
+
+
+def _session(path, providers, threads: int | None = None) -> ort.InferenceSession:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model {path} does not exist")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ValueError(f"{path} is not a readable ONNX model: {err}") from err
+
+
+def _metadata(session: ort.InferenceSession, path) -> dict[str, Any]:
+    raw = session.get_modelmeta().custom_metadata_map
+    meta = {
+        k[len(META_PREFIX) :]: json.loads(v) for k, v in raw.items() if k.startswith(META_PREFIX)
+    }
+    if "genes" not in meta or "classes" not in meta:
+        raise ValueError(f"{path} carries no scNym metadata: export it with `scnym export`")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} uses metadata format {meta['format_version']}; this scnym reads up to "
+            f"{FORMAT_VERSION}: upgrade scnym"
+        )
+    return meta
+
+
+@dataclass
+class Prediction:
+    """Outputs of a model on a block of cells."""
+
+    probabilities: np.ndarray
+    embedding: np.ndarray
+    predicted_class: np.ndarray
+
+
+class OnnxModel:
+    """An exported scNym model ready to run with onnxruntime.
+
+    Parameters
+    ----------
+    path
+        The ``.onnx`` file.
+    providers
+        onnxruntime execution providers, CPU by default.
+    threads
+        Intra-op threads (onnxruntime's default when None).
+    """
+
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.session = _session(path, providers or ["CPUExecutionProvider"], threads)
+        self.metadata = _metadata(self.session, path)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def genes(self) -> list[str]:
+        return self.metadata["genes"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metadata["classes"]
+
+    @property
+    def input_mode(self) -> str:
+        """``'counts'`` (inputs ``counts`` and ``total_counts``) or ``'log1p_cpm'``."""
+        return self.metadata["preprocessing"]["input_mode"]
+
+    def run(self, x: np.ndarray, total_counts: np.ndarray | None = None) -> Prediction:
+        """Run the model on a dense block ``[cells, model genes]``.
+
+        Parameters
+        ----------
+        x
+            Raw counts (``input_mode == 'counts'``) or log1p(CPM) values, in the
+            model's gene order.
+        total_counts
+            Each cell's total counts over all its genes (counts mode only);
+            defaults to the row sums of ``x``.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.input_mode == "counts":
+            if total_counts is None:
+                total_counts = x.sum(axis=1)
+            feeds = {
+                "counts": x,
+                "total_counts": np.ascontiguousarray(total_counts, dtype=np.float32).reshape(-1),
+            }
+        else:
+            feeds = {"log1p_cpm": x}
+        probabilities, embedding, predicted = self.session.run(
+            ["probabilities", "embedding", "predicted_class"], feeds
+        )
+        return Prediction(probabilities, embedding, predicted)
