@@ -56,7 +56,8 @@ class Config:
     """Everything that defines a training run.
 
     Field names and defaults follow the original scNym ``CONFIGS['default']``;
-    ``seed``, ``device``, ``balance_classes`` and ``val_fraction`` are additions.
+    ``seed``, ``device``, ``balance_classes`` (on: each class drawn equally often, which
+    lifts the recall of rare types), ``val_fraction`` and ``test_fraction`` are additions.
     """
 
     description: str = "Train scNym models with MixMatch and a domain adversary."
@@ -77,7 +78,7 @@ class Config:
     save_freq: int | None = None
     seed: int = 0
     device: str = "auto"
-    balance_classes: bool = False
+    balance_classes: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.1
 

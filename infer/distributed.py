@@ -1,0 +1,95 @@
+"""Run annotation blocks on a Dask cluster: each worker opens the store and the model itself."""
+
+from __future__ import annotations
+
+import logging
+
+from tqdm.auto import tqdm
+
+from .model import OnnxModel
+from .store import open_store
+from .streaming import BlockPlan, PartialResults, run_block
+
+logger = logging.getLogger(__name__)
+
+# Per worker process: opened stores and onnxruntime sessions, reused across blocks.
+_OPENED: dict[tuple, tuple] = {}
+
+
+def _classify(store, model_path, layer, gene_key, threads, plan: BlockPlan, start: int, stop: int):
+    key = (store, model_path, layer, gene_key, threads)
+    if key not in _OPENED:
+        reader = open_store(store, layer=layer, gene_key=gene_key, writable=False)
+        _OPENED[key] = (reader, OnnxModel(model_path, threads=threads))
+    reader, model = _OPENED[key]
+    return start, run_block(model, reader.read_rows(start, stop), plan)
+
+
+def compute_blocks_distributed(
+    store: str,
+    model_path: str,
+    plan: BlockPlan,
+    partial: PartialResults,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Map the unfinished blocks over Dask workers; results are saved here as they arrive.
+
+    Parameters
+    ----------
+    workers
+        Start a local cluster of this many single-threaded worker processes.
+    scheduler
+        Address of an existing cluster's scheduler (``tcp://host:8786``); its
+        workers must reach ``store`` and ``model_path`` at the same paths/URLs.
+    """
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError as err:
+        raise ValueError(
+            "--workers/--scheduler need dask.distributed: pip install 'scnym[distributed]'"
+        ) from err
+    todo = [(a, b) for a, b in plan.bounds if not partial.done(a)]
+    if scheduler:
+        client, cluster = Client(scheduler), None
+    else:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+    try:
+        plan_future = client.scatter(plan, broadcast=True)
+        futures = [
+            client.submit(
+                _classify,
+                store,
+                model_path,
+                layer,
+                gene_key,
+                threads or 1,
+                plan_future,
+                a,
+                b,
+                pure=False,
+            )  # fmt: skip
+            for a, b in todo
+        ]
+        sizes = dict(todo)
+        bar = tqdm(
+            total=sum(b - a for a, b in plan.bounds),
+            initial=sum(b - a for a, b in plan.bounds) - sum(b - a for a, b in todo),
+            unit="cells", unit_scale=True, desc="Annotating (dask)", disable=not progress,
+        )  # fmt: skip
+        for future in as_completed(futures):
+            start, arrays = future.result()
+            partial.save(start, arrays)
+            bar.update(sizes[start] - start)
+        bar.close()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,229 @@
+"""Open AnnData stores (zarr v2/v3, h5ad; local or fsspec URLs) for row-block reads.
+
+Everything on disk is read through anndata's element readers (``read_elem``,
+``sparse_dataset``) and zarr/h5py arrays: no format parsing of our own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import zarr
+from anndata.io import read_elem, sparse_dataset
+from scipy import sparse
+
+#: Rows per block when the store's chunking gives no better hint.
+DEFAULT_BLOCK_ROWS = 8192
+_URL_SCHEMES = ("s3://", "gs://", "gcs://", "https://", "http://", "memory://", "file://", "az://")
+
+
+def is_url(store: str | os.PathLike) -> bool:
+    """Whether ``store`` is an fsspec URL rather than a local path."""
+    return isinstance(store, str) and store.startswith(_URL_SCHEMES)
+
+
+def is_h5ad(store: str | os.PathLike) -> bool:
+    return str(store).rstrip("/").endswith((".h5ad", ".h5"))
+
+
+@dataclass
+class StoreReader:
+    """A store opened for reading row blocks of one matrix (``X`` or a layer).
+
+    Attributes
+    ----------
+    location
+        The path or URL it was opened from.
+    root
+        The zarr group or h5py file.
+    matrix
+        The backed matrix: an anndata ``CSRDataset`` or a zarr/h5py array.
+    var_names
+        Gene identifiers (``var`` index, or ``var[gene_key]``).
+    """
+
+    location: str
+    root: Any
+    matrix: Any
+    var_names: pd.Index
+    n_obs: int
+    chunk_rows: int
+    is_sparse: bool
+    writable: bool
+    _h5: h5py.File | None = field(default=None, repr=False)
+
+    def read_rows(self, start: int, stop: int) -> sparse.csr_matrix:
+        """Rows ``[start, stop)`` as a float32 CSR matrix."""
+        block = self.matrix[start:stop]
+        if sparse.issparse(block):
+            return sparse.csr_matrix(block, dtype=np.float32)
+        return sparse.csr_matrix(np.asarray(block, dtype=np.float32))
+
+    def reconsolidate(self) -> None:
+        """Refresh a local zarr store's consolidated metadata after new elements were written."""
+        if self._h5 is None and not is_url(self.location):
+            consolidated = Path(self.location) / ".zmetadata"
+            v3_root = Path(self.location) / "zarr.json"
+            if consolidated.exists() or (
+                v3_root.exists() and "consolidated_metadata" in v3_root.read_text()
+            ):
+                zarr.consolidate_metadata(self.location)
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+
+
+def _open_root(location: str, mode: str):
+    if is_h5ad(location):
+        if is_url(location):
+            import fsspec
+
+            handle = fsspec.open(location, "rb").open()
+            return h5py.File(handle, "r"), False
+        return h5py.File(location, mode), mode != "r"
+    if is_url(location):
+        store = zarr.storage.FsspecStore.from_url(location, read_only=mode == "r")
+        return zarr.open_group(store, mode=mode), False
+    # Consolidated metadata would hide elements added by this run; it is
+    # rewritten after the results are in (see ``StoreReader.close``).
+    return zarr.open_group(location, mode=mode, use_consolidated=False), mode != "r"
+
+
+def _encoding(element) -> str:
+    return str(element.attrs.get("encoding-type", "array"))
+
+
+def open_store(
+    store: str | os.PathLike,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    writable: bool = True,
+) -> StoreReader:
+    """Open an AnnData store for streaming reads of ``X`` or ``layers[layer]``.
+
+    Parameters
+    ----------
+    store
+        Local path or fsspec URL of a zarr store or an h5ad file.
+    layer
+        Read this layer instead of ``X``.
+    gene_key
+        ``var`` column holding the gene identifiers (default: the ``var`` index).
+    writable
+        Open a local store for writing (results are added in place).
+
+    Raises
+    ------
+    FileNotFoundError
+        If a local store does not exist.
+    ValueError
+        If the matrix is missing, CSC, or the gene key is unknown.
+    """
+    location = str(store)
+    if not is_url(location) and not Path(location).exists():
+        raise FileNotFoundError(f"Store {location} does not exist")
+    mode = "r+" if writable and not is_url(location) else "r"
+    try:
+        root, can_write = _open_root(location, mode)
+    except PermissionError:
+        root, can_write = _open_root(location, "r")
+    except Exception as err:  # zarr/h5py raise several types for unreadable stores
+        raise ValueError(f"Cannot open {location} as an AnnData store: {err}") from err
+    h5 = root if isinstance(root, h5py.File) else None
+
+    if layer is None:
+        if "X" not in root:
+            raise ValueError(f"{location} has no X matrix; pass --layer to read a layer")
+        element, name = root["X"], "X"
+    else:
+        layers = root["layers"] if "layers" in root else {}
+        if layer not in layers:
+            available = list(layers.keys()) if hasattr(layers, "keys") else []
+            raise ValueError(f"{location} has no layer {layer!r}; layers: {available}")
+        element, name = layers[layer], f"layers/{layer}"
+
+    encoding = _encoding(element)
+    if encoding == "csc_matrix":
+        raise ValueError(
+            f"{location} stores {name} as CSC: reading cells row by row from CSC is "
+            "pathologically slow. Convert it once to CSR, e.g. "
+            "`adata = anndata.read_zarr(path); adata.X = adata.X.tocsr(); adata.write_zarr(new_path)`"
+        )
+    if encoding == "csr_matrix":
+        matrix = sparse_dataset(element)
+        is_sparse = True
+        data = element["data"]
+        per_row = max(int(data.shape[0]) // max(int(matrix.shape[0]), 1), 1)
+        chunk_rows = max(_chunk_length(data) // per_row, 1)
+    else:
+        matrix = element
+        is_sparse = False
+        chunk_rows = _chunk_length(element)
+
+    var = read_elem(root["var"])
+    if gene_key is None:
+        var_names = pd.Index(var.index.astype(str))
+    elif gene_key in var.columns:
+        var_names = pd.Index(var[gene_key].astype(str))
+    else:
+        raise ValueError(
+            f"--gene-key {gene_key!r} is not a var column; columns: {list(var.columns)}"
+        )
+    n_obs = int(matrix.shape[0])
+    return StoreReader(
+        location=location,
+        root=root,
+        matrix=matrix,
+        var_names=var_names,
+        n_obs=n_obs,
+        chunk_rows=chunk_rows,
+        is_sparse=is_sparse,
+        writable=can_write,
+        _h5=h5,
+    )
+
+
+def _chunk_length(array) -> int:
+    chunks = getattr(array, "chunks", None)
+    if not chunks:
+        return DEFAULT_BLOCK_ROWS
+    return int(chunks[0])
+
+
+def block_bounds(n_obs: int, block_rows: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of consecutive row blocks covering ``n_obs`` rows."""
+    return [(start, min(start + block_rows, n_obs)) for start in range(0, n_obs, block_rows)]
+
+
+def aligned_block_rows(chunk_rows: int, requested: int | None) -> int:
+    """A block size that is a whole number of the store's row chunks (when they are smaller)."""
+    target = requested or DEFAULT_BLOCK_ROWS
+    if chunk_rows >= target:
+        return target
+    return max(target // chunk_rows, 1) * chunk_rows
+
+
+def read_obs_names(reader: StoreReader) -> pd.Index:
+    """The ``obs`` index of the store."""
+    obs = reader.root["obs"]
+    index_key = obs.attrs.get("_index", "_index")
+    return pd.Index([str(name) for name in read_elem(obs[index_key])])
+
+
+__all__ = [
+    "StoreReader",
+    "aligned_block_rows",
+    "block_bounds",
+    "is_url",
+    "open_store",
+    "read_obs_names",
+]
+_ = anndata  # anndata registers the element readers used above
