@@ -15,6 +15,7 @@ Without ``--model`` a model is trained first (ctrl labeled, stim unlabeled,
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ def main() -> None:
         data = ctrl_to_stim(adata)
         scnym_api(data, task="train", groupby="label", out_path=str(model_dir), config=config)
 
+    # Training may have run with fewer threads (OMP_NUM_THREADS); measure with all cores.
+    torch.set_num_threads(os.cpu_count() or 1)
     bundle = load_model_dir(model_dir)
     check = check_data_from_adata(bundle, stim, "Kang stim")
     feeds = check.feeds("counts")

@@ -27,13 +27,13 @@ def _lazy_column(partial: PartialResults, plan: BlockPlan, key: str, width: int,
     """A dask array ``[cells, width]`` reading ``key`` from each finished block file."""
     parts = []
     for start, stop in plan.bounds:
-        load = dask.delayed(lambda s, k: partial.load(s)[k])(start, key)
+        load = dask.delayed(lambda s, k: partial.load(s, [k])[k])(start, key)
         parts.append(da.from_delayed(load, shape=(stop - start, width), dtype=dtype))
     return da.concatenate(parts, axis=0)
 
 
 def _gather(partial: PartialResults, plan: BlockPlan, key: str) -> np.ndarray:
-    return np.concatenate([partial.load(start)[key] for start, _ in plan.bounds])
+    return np.concatenate([partial.load(start, [key])[key] for start, _ in plan.bounds])
 
 
 def _obs_columns(
@@ -89,7 +89,7 @@ def write_results(
     predicted = _gather(partial, plan, "predicted")
     confidence = _gather(partial, plan, "confidence")
     columns = _obs_columns(predicted, confidence, classes, key_added, unknown_threshold)
-    width = int(partial.load(plan.bounds[0][0])["embedding"].shape[1])
+    width = int(partial.load(plan.bounds[0][0], ["embedding"])["embedding"].shape[1])
     embed = _lazy_column(partial, plan, "embedding", width, np.float32)
     probs = None
     if write_probabilities:

@@ -195,15 +195,14 @@ class InterpolationConsistencyLoss:
         self.mean_teacher = mean_teacher
         self.teacher: _Teacher | None = None
         if model is not None:
-            self.teacher = _Teacher(model, mean_teacher, decay_coef)
+            self._ensure_teacher(model)
         self.last_confidence: torch.Tensor | None = None
 
     def __call__(
         self, model: torch.nn.Module, labeled: Batch, unlabeled: Batch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(supervised_loss, unsupervised_loss)``; augments ``labeled`` in place."""
-        if self.teacher is None:
-            self.teacher = _Teacher(model, self.mean_teacher, self.decay_coef)
+        self._ensure_teacher(model)
         u = unlabeled["input"]
         targets = self.teacher.predict(model, u)
         self.last_confidence = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
@@ -212,6 +211,10 @@ class InterpolationConsistencyLoss:
         labeled.update(self.augment(dict(labeled)))
         sup = self.sup_criterion(model(labeled["input"]), labeled["output"])
         return sup, unsup
+
+    def _ensure_teacher(self, model: torch.nn.Module) -> None:
+        if self.teacher is None:
+            self.teacher = _Teacher(model, self.mean_teacher, self.decay_coef)
 
     def after_step(self, model: torch.nn.Module) -> None:
         """Update the mean teacher after an optimiser step."""
@@ -267,8 +270,7 @@ class MixMatchLoss(InterpolationConsistencyLoss):
         self, model: torch.nn.Module, labeled: Batch, unlabeled: Batch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(supervised_loss, unsupervised_loss)``; augments ``labeled`` in place."""
-        if self.teacher is None:
-            self.teacher = _Teacher(model, self.mean_teacher, self.decay_coef)
+        self._ensure_teacher(model)
         u = unlabeled["input"]
         q = self._generate_labels(model, u)
         confidence = q.max(dim=1).values

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The base install (no extras) must annotate without torch: build a model and a
+# store with the full environment (.venv), then install the package alone into a
+# fresh virtual environment and run `scnym annotate` there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+.venv/bin/python - "$work" <<'PY'
+import sys
+from pathlib import Path
+
+from scnym.api import scnym_api
+from scnym.datasets import kang_pbmc_small
+from scnym.export import export_model
+
+work = Path(sys.argv[1])
+adata = kang_pbmc_small()
+adata.obs["label"] = adata.obs["cell_type"].astype(str).where(adata.obs["condition"] == "ctrl", "Unlabeled")
+config = {"n_epochs": 2, "ssl_kwargs": {"min_epochs": 0}}
+scnym_api(adata, task="train", groupby="label", out_path=str(work / "model"), config=config)
+export_model(work / "model", work / "model.onnx")
+adata[adata.obs["condition"] == "stim"].copy().write_zarr(work / "stim.zarr")
+PY
+python3 -m venv "$work/base"
+"$work/base/bin/pip" install -q .
+if "$work/base/bin/python" -c "import torch" 2>/dev/null; then
+  echo "the base install pulled torch" >&2
+  exit 1
+fi
+"$work/base/bin/scnym" annotate "$work/stim.zarr" --model "$work/model.onnx" --quiet
+"$work/base/bin/python" -c "
+import anndata, sys
+a = anndata.read_zarr(sys.argv[1])
+assert {'scNym', 'scNym_confidence'} <= set(a.obs.columns) and 'X_scnym' in a.obsm
+print('base install: annotated', a.n_obs, 'cells without torch')
+" "$work/stim.zarr"
