@@ -115,7 +115,7 @@ COMPUTE = """
 import time, numpy as np
 from scnym.infer import OnnxModel
 m = OnnxModel({model!r})
-x = np.random.default_rng(0).poisson(0.05, (8192, len(m.genes))).astype(np.float32)
+x = np.random.default_rng(0).poisson(0.05, ({batch}, len(m.genes))).astype(np.float32)
 m.run(x)
 t = time.perf_counter(); n = 0
 while time.perf_counter() - t < 20:
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="trained model directory")
     parser.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--batch", type=int, default=8192)
+    parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--torch-max-cells", type=int, default=1_000_000)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scnym_annotate_"))

@@ -20,7 +20,7 @@ from anndata.io import read_elem, sparse_dataset
 from scipy import sparse
 
 #: Rows per block when the store's chunking gives no better hint.
-DEFAULT_BLOCK_ROWS = 8192
+DEFAULT_BLOCK_ROWS = 4096
 _URL_SCHEMES = ("s3://", "gs://", "gcs://", "https://", "http://", "memory://", "file://", "az://")
 
 

@@ -170,45 +170,68 @@ def plan_blocks(
     return BlockPlan(block_bounds(reader.n_obs, rows), gene_index, input_kind, coverage)
 
 
-def model_inputs(
-    block: sparse.csr_matrix, gene_index: np.ndarray, input_kind: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of the model's genes (dense, model order, missing genes zero) and totals.
+class BlockEncoder:
+    """Turns CSR blocks into the model's dense input, reusing one buffer.
 
     The total of each cell is taken over all its genes; log1p(CPM) input is
-    turned back into counts per million. One vectorised scatter of the stored
-    values (O(nnz)); no per-gene loop and no column slicing of the CSR block.
+    turned back into counts per million. Stored values are scattered into the
+    model's gene order in one vectorised step (O(nnz)); no per-gene loop and
+    no column slicing. Only the entries written are cleared afterwards, so the
+    buffer is neither reallocated nor fully rewritten per block.
     """
-    data = block.data.astype(np.float32, copy=input_kind == "log1p_cpm")
-    if input_kind == "log1p_cpm":
-        np.expm1(data, out=data)
-    n_rows = block.shape[0]
-    row_of = np.repeat(np.arange(n_rows), np.diff(block.indptr))
-    total = np.bincount(row_of, weights=data, minlength=n_rows).astype(np.float32)
-    column_to_model = np.full(block.shape[1], -1, dtype=np.int64)
-    found = gene_index >= 0
-    column_to_model[gene_index[found]] = np.flatnonzero(found)
-    target = column_to_model[block.indices]
-    keep = target >= 0
-    dense = np.zeros((n_rows, len(gene_index)), dtype=np.float32)
-    dense[row_of[keep], target[keep]] = data[keep]
-    return dense, total
+
+    def __init__(self, plan: BlockPlan, n_store_genes: int) -> None:
+        self.plan = plan
+        found = plan.gene_index >= 0
+        self.column_to_model = np.full(n_store_genes, -1, dtype=np.int64)
+        self.column_to_model[plan.gene_index[found]] = np.flatnonzero(found)
+        self.buffer = np.zeros((0, len(plan.gene_index)), dtype=np.float32)
+
+    def encode(self, block: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Return (dense counts, totals, written positions) for a block."""
+        data = block.data.astype(np.float32, copy=self.plan.input_kind == "log1p_cpm")
+        if self.plan.input_kind == "log1p_cpm":
+            np.expm1(data, out=data)
+        n_rows = block.shape[0]
+        row_of = np.repeat(np.arange(n_rows), np.diff(block.indptr))
+        total = np.bincount(row_of, weights=data, minlength=n_rows).astype(np.float32)
+        target = self.column_to_model[block.indices]
+        keep = target >= 0
+        if self.buffer.shape[0] < n_rows:
+            self.buffer = np.zeros((n_rows, self.buffer.shape[1]), dtype=np.float32)
+        dense = self.buffer[:n_rows]
+        written = (row_of[keep], target[keep])
+        dense[written] = data[keep]
+        return dense, total, written
+
+    def clear(self, written: tuple) -> None:
+        self.buffer[written] = 0.0
+
+    def run(self, model: OnnxModel, block: sparse.csr_matrix) -> dict[str, np.ndarray]:
+        """Classify one block: predictions, confidences, embeddings and probabilities."""
+        counts, total, written = self.encode(block)
+        try:
+            if model.input_mode == "counts":
+                out = model.run(counts, total_counts=total)
+            else:
+                scale = TARGET_SUM / np.maximum(total, 1e-12)
+                out = model.run(np.log1p(counts * scale[:, None]))
+        finally:
+            self.clear(written)
+        return {
+            "predicted": out.predicted_class.astype(np.int32),
+            "confidence": out.probabilities.max(axis=1).astype(np.float32),
+            "embedding": out.embedding.astype(np.float32),
+            "probabilities": out.probabilities.astype(np.float32),
+        }
 
 
-def run_block(model: OnnxModel, block: sparse.csr_matrix, plan: BlockPlan) -> dict[str, np.ndarray]:
-    """Classify one block; returns predictions, confidences, embeddings and probabilities."""
-    counts, total = model_inputs(block, plan.gene_index, plan.input_kind)
-    if model.input_mode == "counts":
-        out = model.run(counts, total_counts=total)
-    else:
-        scale = TARGET_SUM / np.maximum(total, 1e-12)
-        out = model.run(np.log1p(counts * scale[:, None]))
-    return {
-        "predicted": out.predicted_class.astype(np.int32),
-        "confidence": out.probabilities.max(axis=1).astype(np.float32),
-        "embedding": out.embedding.astype(np.float32),
-        "probabilities": out.probabilities.astype(np.float32),
-    }
+def run_block(
+    model: OnnxModel, block: sparse.csr_matrix, plan: BlockPlan, encoder: BlockEncoder | None = None
+) -> dict[str, np.ndarray]:
+    """Classify one block (with a fresh encoder unless one is passed to reuse)."""
+    encoder = encoder or BlockEncoder(plan, block.shape[1])
+    return encoder.run(model, block)
 
 
 # ----------------------------------------------------------------------------
@@ -334,13 +357,14 @@ def compute_blocks(
     if not todo:
         bar.close()
         return
+    encoder = BlockEncoder(plan, len(reader.var_names))
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(reader.read_rows, *todo[0])
         for i, (start, stop) in enumerate(todo):
             block = pending.result()
             if i + 1 < len(todo):
                 pending = pool.submit(reader.read_rows, *todo[i + 1])
-            partial.save(start, run_block(model, block, plan))
+            partial.save(start, run_block(model, block, plan, encoder))
             bar.update(stop - start)
     bar.close()
 
