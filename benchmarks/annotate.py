@@ -160,7 +160,7 @@ def main() -> None:
                "model_dir": str(args.model_dir)}  # fmt: skip
         row = {"cells": n}
         out = work / f"out_{n}.zarr"
-        subprocess.run(["rm", "-rf", str(out)], check=True)
+        subprocess.run(["rm", "-rf", str(out), f"{out}.scnym-partial"], check=True)
         row["ours"] = measure(OURS.format(out=str(out), **fmt))
         row["read"] = measure(READ.format(**fmt))
         row["compute"] = measure(COMPUTE.format(**fmt))
