@@ -37,7 +37,7 @@ class ScnymGraph(nn.Module):
         super().__init__()
         if input_mode not in INPUT_NAMES:
             raise ValueError(f"input_mode must be 'counts' or 'log1p_cpm', not {input_mode!r}")
-        self.model = model.eval()
+        self.model = model
         self.input_mode = input_mode
         self.target_sum = float(target_sum)
         self.eval()

@@ -8,21 +8,24 @@ from tqdm.auto import tqdm
 
 from .model import OnnxModel
 from .store import open_store
-from .streaming import BlockPlan, PartialResults, run_block
+from .streaming import BlockEncoder, BlockPlan, PartialResults, run_block
 
 logger = logging.getLogger(__name__)
 
-# Per worker process: opened stores and onnxruntime sessions, reused across blocks.
-_OPENED: dict[tuple, tuple] = {}
+# Per worker process: opened stores, onnxruntime sessions and block encoders
+# (with their input buffer), reused across blocks.
+_OPENED: dict[tuple, list] = {}
 
 
 def _classify(store, model_path, layer, gene_key, threads, plan: BlockPlan, start: int, stop: int):
     key = (store, model_path, layer, gene_key, threads)
     if key not in _OPENED:
         reader = open_store(store, layer=layer, gene_key=gene_key, writable=False)
-        _OPENED[key] = (reader, OnnxModel(model_path, threads=threads))
-    reader, model = _OPENED[key]
-    return start, run_block(model, reader.read_rows(start, stop), plan)
+        _OPENED[key] = [reader, OnnxModel(model_path, threads=threads), None]
+    reader, model, encoder = _OPENED[key]
+    if encoder is None or encoder.plan is not plan:
+        encoder = _OPENED[key][2] = BlockEncoder(plan, len(reader.var_names))
+    return start, run_block(model, reader.read_rows(start, stop), plan, encoder)
 
 
 def compute_blocks_distributed(

@@ -38,7 +38,6 @@ from .preprocessing import (
     TARGET_SUM,
     align_genes,
     check_unique_genes,
-    detect_input_kind,
     gene_index_map,
     to_log1p_cpm,
 )
@@ -135,7 +134,6 @@ def scnym_api(
     device = resolve_device(cfg.device)
     logger.info("scNym computes on %s", device)
     check_unique_genes(adata.var_names)
-    detect_input_kind(adata.X, what="adata.X")
     if task == "train":
         if groupby is None or groupby not in adata.obs.columns:
             raise ValueError(
