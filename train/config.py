@@ -57,7 +57,8 @@ class Config:
 
     Field names and defaults follow the original scNym ``CONFIGS['default']``;
     ``seed``, ``device``, ``balance_classes`` (on: each class drawn equally often, which
-    lifts the recall of rare types), ``val_fraction`` and ``test_fraction`` are additions.
+    lifts the recall of rare types), ``val_fraction``, ``test_fraction`` and
+    ``n_top_genes`` (train on the most variable genes only: a smaller model) are additions.
     """
 
     description: str = "Train scNym models with MixMatch and a domain adversary."
@@ -81,6 +82,7 @@ class Config:
     balance_classes: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    n_top_genes: int | None = None
 
     @property
     def semi_supervised(self) -> bool:

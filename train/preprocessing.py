@@ -155,3 +155,44 @@ def align_genes(X, sample_genes: Sequence[str], model_genes: Sequence[str]):
     out = np.zeros((X.shape[0], len(model_genes)), dtype=X.dtype)
     out[:, found] = X[:, index[found]]
     return out
+
+
+def highly_variable_genes(X, n_top: int, min_fraction: float = 0.01) -> np.ndarray:
+    """Columns of the ``n_top`` most variable genes of a log1p-normalised matrix.
+
+    The variance of log1p(CPM) is ranked among genes detected in at least
+    ``min_fraction`` of the cells (so that a handful of outlier cells cannot
+    select a gene). This is the simple log-variance criterion rather than
+    scanpy's binned dispersion, which would add a heavy dependency for a
+    choice that matters little at a few thousand genes.
+
+    Parameters
+    ----------
+    X
+        log1p-normalised expression ``[cells, genes]``, dense or sparse.
+    n_top
+        How many genes to keep; all genes when it is not smaller than their number.
+    min_fraction
+        Minimum fraction of cells in which a gene is detected.
+
+    Returns
+    -------
+    Sorted column indices.
+    """
+    if n_top < 1:
+        raise ValueError(f"n_top_genes must be at least 1, got {n_top}")
+    n_genes = X.shape[1]
+    if n_top >= n_genes:
+        return np.arange(n_genes)
+    if sparse.issparse(X):
+        X = sparse.csr_matrix(X)
+        mean = np.asarray(X.mean(axis=0)).ravel()
+        sq_mean = np.asarray(X.multiply(X).mean(axis=0)).ravel()
+        detected = np.bincount(X.indices[X.data > 0], minlength=n_genes) / X.shape[0]
+    else:
+        X = np.asarray(X, dtype=np.float64)
+        mean, sq_mean = X.mean(axis=0), (X * X).mean(axis=0)
+        detected = (X > 0).mean(axis=0)
+    variance = sq_mean - mean**2
+    variance[detected < min_fraction] = -np.inf
+    return np.sort(np.argsort(-variance, kind="stable")[:n_top])
