@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -18,6 +17,7 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 from scipy import sparse
+from scnym.fileio import write_atomically
 from scnym.modeldir import ModelBundle, load_model_dir
 from scnym.preprocessing import detect_input_kind, gene_index_map
 
@@ -180,18 +180,6 @@ def _to_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(dst)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_model(
     model_dir: str | Path,
     output: str | Path,
@@ -296,7 +284,7 @@ def export_model(
 
     attach_metadata(final, build_metadata(bundle, input_mode, precision, opset))
     model_bytes = final.SerializeToString()
-    _write_atomically(Path(output), model_bytes)
+    write_atomically(Path(output), model_bytes)
     report.path = Path(output)
     report.size_bytes = len(model_bytes)
 

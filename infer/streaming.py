@@ -164,7 +164,7 @@ def plan_blocks(
             f"Only {coverage.n_found} of {coverage.n_model_genes} model genes "
             f"({coverage.gene_fraction:.1%}) are in {reader.location} (minimum "
             f"{min_gene_overlap:.0%}): {_likely_cause(reader.var_names, model)}. "
-            "Lower --min-gene-overlap to proceed anyway."
+            "Lower --min-gene-overlap (min_gene_overlap in Python) to proceed anyway."
         )
     rows = aligned_block_rows(reader.chunk_rows, block_rows)
     return BlockPlan(block_bounds(reader.n_obs, rows), gene_index, input_kind, coverage)

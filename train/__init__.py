@@ -1,8 +1,9 @@
 """scNym: semi-supervised adversarial cell type annotation.
 
 Submodules load lazily so that ``import scnym.infer`` (torch-free inference)
-never imports torch; ``scnym.api``, ``scnym.model``, ``scnym.trainer``,
-``scnym.dataprep`` and ``scnym.interpret`` need the ``train`` extra.
+and ``import scnym.models`` (the model registry) never import torch;
+``scnym.api``, ``scnym.model``, ``scnym.trainer``, ``scnym.dataprep`` and
+``scnym.interpret`` need the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ _SUBMODULES = {
     "dataprep",
     "datasets",
     "export",
+    "fileio",
     "fitting",
     "infer",
     "interpret",
     "model",
     "modeldir",
+    "models",
     "plotting",
     "preprocessing",
     "trainer",

@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from .preprocessing import (
     align_genes,
     check_unique_genes,
     gene_index_map,
+    highly_variable_genes,
     to_log1p_cpm,
 )
 
@@ -50,6 +52,10 @@ TASKS = ("train", "predict")
 MIN_LABELED_CELLS = 20
 #: obs column that fixes the train/test/val split of labeled cells when present.
 SPLIT_KEY = "scNym_split"
+#: obs column of ``atlas2target``'s joint object telling atlas cells from target cells.
+DATASET_KEY = "scNym_dataset"
+#: Fewer shared genes than this between an atlas and the target data raises a warning.
+FEW_GENES = 100
 #: Keys of an original-style config dict that describe the run, not the model.
 RUN_KEYS = ("groupby", "domain_groupby", "out_path", "trained_model", "model_weights", "key_added")
 
@@ -101,7 +107,10 @@ def scnym_api(
     out_path
         Folder the model directory is written to (train).
     trained_model
-        Model directory to predict with (predict) or to warm start from (train).
+        What to predict with (predict): a model directory, an ONNX file written by
+        ``scnym export``, or a registry model name such as ``'pretrained_human'``
+        (``scnym models list``; predicted torch-free with onnxruntime). For train:
+        a model directory to warm start from.
     config
         A preset name (:func:`list_configs`), a JSON file, a dict of overrides or
         a :class:`~scnym.config.Config`.
@@ -150,7 +159,10 @@ def scnym_api(
         )
     else:
         if trained_model is None:
-            raise ValueError("task='predict' needs trained_model: a model directory")
+            raise ValueError(
+                "task='predict' needs trained_model: a model directory, an ONNX file or a "
+                "registry model name (`scnym models list`)"
+            )
         scnym_predict(adata, cfg, trained_model=trained_model, key_added=key_added)
     return adata if copy else None
 
@@ -205,8 +217,11 @@ def _domains(adata: anndata.AnnData, domain_groupby: str | None) -> tuple[np.nda
 def _warm_start_state(trained_model: str | None, genes: list[str], classes: list[str]):
     if trained_model is None:
         return None
-    if "pretrained_" in str(trained_model):
-        get_pretrained_weights(trained_model)
+    if not Path(trained_model).exists() and _is_registry_model(str(trained_model)):
+        raise NotImplementedError(
+            f"Cannot warm start from {trained_model!r}: registry models are ONNX files, for "
+            "prediction only. Pass a model directory written by task='train'."
+        )
     bundle = load_model_dir(trained_model)
     if bundle.gene_names != genes or bundle.class_names != classes:
         raise ValueError(
@@ -245,11 +260,16 @@ def scnym_train(
     check_unique_genes(adata.var_names)
     codes, unlabeled, class_names = _labels(adata, groupby)
     X, input_kind = to_log1p_cpm(adata.X)
+    genes = adata.var_names.astype(str).tolist()
+    if cfg.n_top_genes is not None:
+        # Normalised over all genes first: the library size stays the cell's total.
+        keep = highly_variable_genes(X, cfg.n_top_genes)
+        X, genes = X[:, keep], [genes[i] for i in keep]
+        logger.info("Training on the %d most variable of %d genes", len(genes), adata.n_vars)
     labeled_rows = np.flatnonzero(~unlabeled)
     unlabeled_rows = np.flatnonzero(unlabeled)
     splits = _splits(adata, labeled_rows, cfg)
     domain, n_domains = _domains(adata, domain_groupby)
-    genes = adata.var_names.astype(str).tolist()
     init_state = _warm_start_state(trained_model, genes, class_names)
     if len(unlabeled_rows) == 0:
         logger.info("No %r cells: proceeding with purely supervised training", UNLABELED_TOKEN)
@@ -330,6 +350,13 @@ def _manifest(fit, genes, class_names, cfg, input_kind, adata, groupby, domain_g
             "target_sum": TARGET_SUM,
             "log_base": "e",
             "library_size": "all genes of the cell",
+            "gene_selection": None
+            if cfg.n_top_genes is None
+            else {
+                "method": "top variance of log1p(CPM), genes detected in >= 1% of cells",
+                "n_top_genes": cfg.n_top_genes,
+                "n_genes_in_data": int(adata.n_vars),
+            },
         },
         "confidence_threshold": cfg.ssl_kwargs.pseudolabel_min_confidence or None,
         "config": cfg.to_dict(),
@@ -370,23 +397,32 @@ def scnym_predict(
     trained_model: str | None = None,
     key_added: str = "scNym",
 ) -> None:
-    """Annotate ``adata`` in place with a trained model directory.
+    """Annotate ``adata`` in place with a trained model.
 
     Writes ``obs[key_added]``, ``obs[key_added + '_confidence']``,
-    ``uns['scNym_probabilities']`` and ``obsm['X_scnym']``. The architecture is
-    read from the model directory (not from ``config``).
+    ``uns['scNym_probabilities']`` and ``obsm['X_scnym']``. ``trained_model`` is
+    a model directory (torch; the architecture is read from it, not from
+    ``config``), an ONNX file written by ``scnym export``, or a registry model
+    name (``'pretrained_human'``, ``scnym models list``). ONNX files and
+    registry models run torch-free with onnxruntime; they refuse data holding
+    less than half of the model's genes.
     """
     config, run = _split_run_keys(config)
     trained_model = run.get("trained_model", run.get("model_weights", trained_model))
     key_added = run.get("key_added", key_added)
     cfg = get_config(config)
     if trained_model is None:
-        raise ValueError("scnym_predict needs trained_model: a model directory")
-    if "pretrained_" in str(trained_model) and not Path(trained_model).exists():
-        get_pretrained_weights(trained_model)
+        raise ValueError(
+            "scnym_predict needs trained_model: a model directory, an ONNX file or a registry "
+            "model name"
+        )
+    check_unique_genes(adata.var_names)
+    onnx_file = _onnx_file(str(trained_model))
+    if onnx_file is not None:
+        _predict_onnx(adata, onnx_file, key_added, cfg.device)
+        return
     if not Path(trained_model).exists():
         raise FileNotFoundError(f"trained_model {trained_model} does not exist")
-    check_unique_genes(adata.var_names)
     bundle = load_model_dir(trained_model, map_location=resolve_device(cfg.device))
     found = gene_index_map(adata.var_names, bundle.gene_names) >= 0
     if not found.any():
@@ -399,42 +435,193 @@ def scnym_predict(
     X, _ = to_log1p_cpm(adata.X)
     X = align_genes(X, adata.var_names, bundle.gene_names)
     probs, embedding = predict_arrays(bundle, X)
-    classes = np.asarray(bundle.class_names)
+    _write_predictions(adata, probs, embedding, bundle.class_names, key_added)
+
+
+def _write_predictions(adata, probs, embedding, class_names, key_added: str) -> None:
+    """Write the prediction keys (the same for the torch and the ONNX paths)."""
+    classes = np.asarray(class_names)
     adata.obs[key_added] = pd.Categorical(
-        classes[probs.argmax(axis=1)], categories=bundle.class_names
+        classes[probs.argmax(axis=1)], categories=list(class_names)
     )
     adata.obs[f"{key_added}_confidence"] = probs.max(axis=1).astype(np.float32)
     adata.uns["scNym_probabilities"] = pd.DataFrame(
-        probs, columns=bundle.class_names, index=adata.obs_names
+        probs, columns=list(class_names), index=adata.obs_names
     )
     adata.obsm["X_scnym"] = embedding.astype(np.float32)
 
 
+def _is_registry_model(name: str) -> bool:
+    """Whether ``name`` names a model of the registry (``pretrained_*`` always counts)."""
+    if name.startswith("pretrained_"):
+        return True
+    if "/" in name or os.sep in name:
+        return False
+    from scnym.models import load_registry
+
+    return load_registry().find(name, kind="model") is not None
+
+
+def _onnx_file(trained_model: str) -> Path | None:
+    """The ONNX file to predict with, when ``trained_model`` is one or names a registry model."""
+    path = Path(trained_model)
+    if path.is_file() and path.suffix == ".onnx":
+        return path
+    if not path.exists() and _is_registry_model(trained_model):
+        return Path(get_pretrained_weights(trained_model))
+    return None
+
+
+def _predict_onnx(adata: anndata.AnnData, path: Path, key_added: str, device: str) -> None:
+    """Predict torch-free with onnxruntime (``scnym.infer``), writing the usual keys."""
+    from scnym.infer import OnnxModel, predict_matrix
+    from scnym.infer.streaming import resolve_providers
+
+    device = str(device)
+    ort_device = "auto" if device == "auto" else "cuda" if device.startswith("cuda") else "cpu"
+    model = OnnxModel(path, providers=resolve_providers(ort_device))
+    result = predict_matrix(model, adata.X, adata.var_names)
+    cov = result.coverage
+    logger.info(
+        "Found %d of %d model genes in the data (%.1f%% of counts); predicting with %s",
+        cov.n_found, cov.n_model_genes, 100 * cov.counts_fraction, path,
+    )  # fmt: skip
+    _write_predictions(adata, result.probabilities, result.embedding, result.classes, key_added)
+
+
 def get_pretrained_weights(trained_model: str, out_path: str = "./scnym_outputs") -> str:
-    """Resolve a pretrained model name (``'pretrained_human'``, ...) to a model directory.
+    """Resolve a registry model name to its verified ONNX file.
+
+    Unlike scNym 0.3.2, which downloaded a torch state dict into ``out_path``,
+    registry models are ONNX files written by ``scnym export``: shipped with
+    scnym or downloaded once into the cache (``$SCNYM_CACHE``, default
+    ``~/.cache/scnym``), and checked against the registry's sha256 before use.
+    Pass the returned path (or the name itself) as ``trained_model`` to predict.
+
+    Parameters
+    ----------
+    trained_model
+        A registry model name or alias; ``'pretrained_{species}'`` finds the
+        first model of that species (``scnym models list``).
+    out_path
+        Accepted for compatibility with 0.3.2; nothing is written there.
+
+    Returns
+    -------
+    The path of the verified ``.onnx`` file.
 
     Raises
     ------
-    NotImplementedError
-        Pretrained models arrive with the model registry (issue #7, ``models/``).
+    scnym.models.RegistryError
+        For an unknown name (the message lists the models), or a download that
+        fails (the message lists the models available offline).
+    scnym.models.ChecksumError
+        When the file differs from the registry's sha256.
     """
-    raise NotImplementedError(
-        f"Pretrained model {trained_model!r} is not available yet: the offline model registry "
-        "(models/, issue #7) is not built. Train a model with scnym_api(task='train')."
-    )
+    from scnym.models import resolve
+
+    return str(resolve(trained_model, kind="model"))
 
 
 def atlas2target(
     adata: anndata.AnnData, species: str, key_added: str = "annotations"
 ) -> anndata.AnnData:
-    """Join a reference atlas of ``species`` with ``adata`` (target cells ``'Unlabeled'``).
+    """Join a registry reference atlas with ``adata``, ready to train on both.
+
+    Atlas cells keep their labels in ``obs[key_added]``; the cells of ``adata``
+    get ``'Unlabeled'`` (the target). ``obs['scNym_dataset']`` tells them apart
+    (``'atlas_reference'`` / ``'target'``); obs names get a ``-atlas_reference``
+    / ``-target`` suffix. Only the genes the two share are kept. ``X`` is
+    log1p(CPM) throughout: raw counts of ``adata`` are normalised over all of
+    each cell's genes before the gene subset. Other ``obs`` columns of both are
+    kept (missing values NaN), as 0.3.2's ``AnnData.concatenate`` did. ``adata``
+    itself is left untouched (0.3.2 wrote the two columns into it).
+
+    Parameters
+    ----------
+    adata
+        The target cells (raw counts or log1p(CPM)), unique gene names.
+    species
+        ``'human'``, ... (the registry atlas aliased ``atlas_{species}``, else the
+        first atlas of that species), or the name of a registry atlas.
+    key_added
+        ``obs`` column of the labels (pass it as ``groupby`` to train).
+
+    Returns
+    -------
+    The joint AnnData (atlas cells first); ``uns['scNym_atlas']`` records the
+    atlas, its sha256 and the gene overlap.
 
     Raises
     ------
-    NotImplementedError
-        Reference atlases arrive with the model registry (issue #7, ``models/``).
+    scnym.models.RegistryError
+        For a species or name without an atlas in the registry.
+    ValueError
+        For duplicate gene names or data that is neither counts nor log1p(CPM).
+    RuntimeError
+        When the atlas and ``adata`` share no genes.
+
+    Examples
+    --------
+    >>> joint = atlas2target(adata, species="human")  # doctest: +SKIP
+    >>> scnym_api(joint, task="train", groupby="annotations",
+    ...           domain_groupby="scNym_dataset", out_path="model")  # doctest: +SKIP
     """
-    raise NotImplementedError(
-        f"No reference atlas for {species!r} yet: atlases come with the offline model "
-        "registry (models/, issue #7)."
+    from scnym.models import load_registry, resolve
+
+    registry = load_registry()
+    entry = registry.find(species, kind="atlas") or registry.get(f"atlas_{species}", "atlas")
+    check_unique_genes(adata.var_names)
+    atlas = anndata.read_h5ad(resolve(entry.name, registry, kind="atlas"))
+    if entry.label_key not in atlas.obs.columns:
+        raise ValueError(
+            f"Atlas {entry.name!r} has no obs column {entry.label_key!r} (registry label_key)"
+        )
+    check_unique_genes(atlas.var_names)
+    reference = anndata.AnnData(
+        X=to_log1p_cpm(atlas.X)[0], obs=atlas.obs.copy(), var=atlas.var.copy()
     )
+    reference.obs[key_added] = atlas.obs[entry.label_key].astype(str).to_numpy()
+    reference.obs[DATASET_KEY] = "atlas_reference"
+    target_X, target_kind = to_log1p_cpm(adata.X)  # library size over all genes of each cell
+    target = anndata.AnnData(X=target_X, obs=adata.obs.copy(), var=adata.var.copy())
+    target.obs[key_added] = UNLABELED_TOKEN
+    target.obs[DATASET_KEY] = "target"
+    shared = reference.var_names[reference.var_names.isin(target.var_names)]
+    if len(shared) == 0:
+        raise RuntimeError(
+            f"The atlas {entry.name!r} ({entry.species}, {entry.gene_id_type} gene ids, e.g. "
+            f"{list(atlas.var_names[:3])}) shares no genes with adata (e.g. "
+            f"{list(adata.var_names[:3])}): check the species and the gene identifiers."
+        )
+    if len(shared) < FEW_GENES:
+        warnings.warn(
+            f"Only {len(shared)} genes are shared between the atlas {entry.name!r} and adata; "
+            "annotations from so few genes are unreliable.",
+            stacklevel=2,
+        )
+    logger.info(
+        "atlas2target: %d of %d atlas genes are in adata (%d genes)",
+        len(shared), atlas.n_vars, adata.n_vars,
+    )  # fmt: skip
+    # Both parts hold the same genes in the same order, so the outer join keeps
+    # the obs columns of both while the genes are the intersection.
+    joint = anndata.concat(
+        {"atlas_reference": reference[:, shared], "target": target[:, shared]},
+        join="outer",
+        index_unique="-",
+        merge="same",
+    )
+    for key in (key_added, DATASET_KEY):
+        joint.obs[key] = pd.Categorical(joint.obs[key].astype(str))
+    joint.uns["scNym_atlas"] = {
+        "name": entry.name,
+        "file": str(entry.file),
+        "sha256": entry.sha256,
+        "label_key": entry.label_key,
+        "n_shared_genes": len(shared),
+        "n_atlas_genes": int(atlas.n_vars),
+        "n_target_genes": int(adata.n_vars),
+        "target_input": target_kind,
+    }
+    return joint

@@ -1,25 +1,10 @@
-"""Fixtures for the inference tests: a small exported model and stores of its data."""
+"""Fixtures for the inference tests: query cells for the shared ``onnx_model`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from synthetic import make_counts
-
-
-@pytest.fixture(scope="session")
-def onnx_model(tmp_path_factory):
-    """An ONNX model exported from a quick training run on synthetic counts."""
-    from scnym.api import scnym_api
-    from scnym.export import export_model
-
-    root = tmp_path_factory.mktemp("onnx")
-    adata = make_counts(n_cells=300, n_genes=60, n_classes=3, seed=11)
-    config = {"preset": "new_identity_discovery", "n_epochs": 2, "batch_size": 64,
-              "ssl_kwargs": {"min_epochs": 0}}  # fmt: skip
-    scnym_api(adata, task="train", groupby="label", out_path=str(root / "model"), config=config)
-    export_model(root / "model", root / "model.onnx")
-    return root / "model.onnx"
 
 
 @pytest.fixture()

@@ -12,8 +12,6 @@ import torch
 from scipy import sparse
 from scnym.api import (
     CONFIGS,
-    atlas2target,
-    get_pretrained_weights,
     list_configs,
     scnym_api,
     scnym_predict,
@@ -307,15 +305,6 @@ def test_predict_with_no_shared_genes_names_the_cause(trained):
     query.var_names = [f"ENSG{i:011d}" for i in range(query.n_vars)]
     with pytest.raises(ValueError, match="Ensembl"):
         scnym_api(query, task="predict", trained_model=str(out))
-
-
-def test_pretrained_and_atlas_point_to_the_registry_issue():
-    with pytest.raises(NotImplementedError, match="registry"):
-        get_pretrained_weights("pretrained_human")
-    with pytest.raises(NotImplementedError, match="registry"):
-        scnym_api(make_counts(n_cells=40), task="predict", trained_model="pretrained_human")
-    with pytest.raises(NotImplementedError, match="registry"):
-        atlas2target(make_counts(n_cells=40), species="human")
 
 
 def test_list_configs_describes_every_preset():

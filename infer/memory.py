@@ -1,0 +1,118 @@
+"""Run an exported model on a matrix already in memory (an AnnData's ``X``), torch-free.
+
+The same checks and encoding as streaming annotation: :func:`plan_blocks`
+checks the genes and the kind of data (raw counts or log1p(CPM)), and
+:class:`BlockEncoder` maps each block of rows onto the model's genes (missing
+genes are zero; each cell's total is taken over all its genes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from .model import OnnxModel
+from .store import DEFAULT_BLOCK_ROWS, StoreReader
+from .streaming import DEFAULT_MIN_GENE_OVERLAP, BlockEncoder, GeneCoverage, plan_blocks
+
+
+@dataclass
+class MatrixPrediction:
+    """Outputs of a model on every row of a matrix.
+
+    Attributes
+    ----------
+    probabilities
+        ``[cells, classes]`` float32.
+    embedding
+        ``[cells, hidden]`` float32 (``obsm['X_scnym']``).
+    classes
+        Class names, in the order of the probability columns.
+    coverage
+        How many of the model's genes the matrix holds.
+    input_kind
+        ``'counts'`` or ``'log1p_cpm'``, as detected.
+    """
+
+    probabilities: np.ndarray
+    embedding: np.ndarray
+    classes: list[str]
+    coverage: GeneCoverage
+    input_kind: str
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The most probable class of each cell."""
+        return np.asarray(self.classes)[self.probabilities.argmax(axis=1)]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """The probability of the predicted class (float32)."""
+        return self.probabilities.max(axis=1).astype(np.float32)
+
+
+def predict_matrix(
+    model: OnnxModel | str | os.PathLike,
+    X,
+    var_names: Sequence[str],
+    batch_size: int = DEFAULT_BLOCK_ROWS,
+    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+    progress: bool = False,
+) -> MatrixPrediction:
+    """Classify the rows of ``X`` (cells x genes) with an exported model.
+
+    Parameters
+    ----------
+    model
+        An :class:`OnnxModel` or the path of an ``.onnx`` file.
+    X
+        Raw counts or log1p(CPM), dense or sparse, in memory.
+    var_names
+        Gene identifiers of ``X``'s columns (matched to the model's by name).
+    batch_size
+        Rows classified at a time.
+    min_gene_overlap
+        Least fraction of the model's genes ``X`` must hold.
+    progress
+        Show a progress bar.
+
+    Raises
+    ------
+    ValueError
+        For duplicate gene names, data that is neither counts nor log1p(CPM),
+        or a gene overlap below ``min_gene_overlap``.
+    """
+    if not isinstance(model, OnnxModel):
+        model = OnnxModel(model)
+    if sparse.issparse(X) and X.format != "csr":
+        X = sparse.csr_matrix(X)
+    elif not sparse.issparse(X):
+        X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != len(var_names):
+        raise ValueError(f"X has shape {X.shape} but {len(var_names)} gene names were given")
+    reader = StoreReader(
+        location="the data", root=None, matrix=X, var_names=pd.Index(var_names).astype(str),
+        n_obs=X.shape[0], chunk_rows=1, is_sparse=sparse.issparse(X), writable=False,
+    )  # fmt: skip
+    plan = plan_blocks(reader, model, batch_size, min_gene_overlap)
+    encoder = BlockEncoder(plan, X.shape[1])
+    probabilities, embedding = [], []
+    with tqdm(total=reader.n_obs, unit="cells", desc="Annotating", disable=not progress) as bar:
+        for start, stop in plan.bounds:
+            out = encoder.run(model, reader.read_rows(start, stop))
+            probabilities.append(out["probabilities"])
+            embedding.append(out["embedding"])
+            bar.update(stop - start)
+    return MatrixPrediction(
+        np.concatenate(probabilities),
+        np.concatenate(embedding),
+        list(model.classes),
+        plan.coverage,
+        plan.input_kind,
+    )
