@@ -422,7 +422,10 @@ def scnym_predict(
         _predict_onnx(adata, onnx_file, key_added, cfg.device)
         return
     if not Path(trained_model).exists():
-        raise FileNotFoundError(f"trained_model {trained_model} does not exist")
+        raise FileNotFoundError(
+            f"trained_model {trained_model!r} is neither a model directory, an ONNX file nor a "
+            "registry model name (see `scnym models list`)"
+        )
     bundle = load_model_dir(trained_model, map_location=resolve_device(cfg.device))
     found = gene_index_map(adata.var_names, bundle.gene_names) >= 0
     if not found.any():

@@ -17,7 +17,7 @@ def test_train_then_predict(tmp_path):
     result = runner.invoke(
         main,
         ["train", str(data), "--groupby", "label", "--out", str(tmp_path / "m"),
-         "--epochs", "2", "--seed", "3", "--config", "no_new_identity"],
+         "--epochs", "2", "--seed", "3", "--config", "no_new_identity", "--threads", "1"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
@@ -62,3 +62,17 @@ def test_configs_lists_and_shows_presets():
     shown = runner.invoke(main, ["configs", "--show", "new_identity_discovery"])
     values = json.loads(shown.output)
     assert values["ssl_kwargs"]["pseudolabel_min_confidence"] == 0.9
+
+
+def test_predict_command_takes_a_registry_model(tmp_path):
+    from scnym.datasets import kang_pbmc_small
+
+    data = tmp_path / "cells.h5ad"
+    kang_pbmc_small()[:200].copy().write_h5ad(data)
+    out = tmp_path / "annotated.h5ad"
+    result = CliRunner().invoke(main, ["predict", str(data), "--model", "pretrained_human",
+                                       "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert anndata.read_h5ad(out).obs["scNym"].notna().all()
+    missing = CliRunner().invoke(main, ["predict", str(data), "--model", str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and "scnym models list" in missing.output
