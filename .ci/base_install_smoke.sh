@@ -35,3 +35,12 @@ a = anndata.read_zarr(sys.argv[1])
 assert {'scNym', 'scNym_confidence'} <= set(a.obs.columns) and 'X_scnym' in a.obsm
 print('base install: annotated', a.n_obs, 'cells without torch')
 " "$work/stim.zarr"
+# The shipped model travels inside the package: verified by checksum, used by name.
+"$work/base/bin/scnym" models verify pretrained_human
+"$work/base/bin/scnym" annotate "$work/stim.zarr" --model pretrained_human --output "$work/pretrained.csv" --quiet
+"$work/base/bin/python" -c "
+import pandas as pd, sys
+frame = pd.read_csv(sys.argv[1], index_col=0)
+assert len(frame) == 1000 and frame['scNym'].notna().all(), frame.head()
+print('base install: pretrained_human annotated', len(frame), 'cells')
+" "$work/pretrained.csv"
