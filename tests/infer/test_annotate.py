@@ -19,6 +19,7 @@ from scipy import sparse
 from scnym.cli import main
 from scnym.infer import OnnxModel, annotate
 from scnym.infer.streaming import PartialResults, partial_folder, resolve_providers
+from torchless import run_cli_without_torch
 
 
 def reference(adata: anndata.AnnData, model_path: Path):
@@ -304,31 +305,10 @@ def test_two_worker_local_cluster_equals_single_process(query, onnx_model, tmp_p
     np.testing.assert_array_equal(a.obsm["X_scnym"], b.obsm["X_scnym"])
 
 
-BLOCKED = textwrap.dedent(
-    """
-    import sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked")
-    sys.meta_path.insert(0, Block())
-    from scnym.cli import main
-    try:
-        main(sys.argv[1:])
-    finally:
-        assert "torch" not in sys.modules
-    """
-)
-
-
 def test_cli_annotate_with_torch_blocked(query, onnx_model, tmp_path):
     store = tmp_path / "q.zarr"
     query.write_zarr(store)
-    done = subprocess.run(
-        [sys.executable, "-c", BLOCKED, "annotate", str(store), "--model", str(onnx_model),
-         "--quiet"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    done = run_cli_without_torch("annotate", str(store), "--model", str(onnx_model), "--quiet")
     assert done.returncode == 0, done.stderr
     assert "Gene coverage: 55/60 model genes" in done.stdout
     check_equal(anndata.read_zarr(store), query, onnx_model)

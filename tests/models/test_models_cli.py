@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import anndata
 import numpy as np
@@ -13,6 +10,7 @@ from click.testing import CliRunner
 from scnym.cli import main
 from scnym.infer import OnnxModel, annotate
 from synthetic import make_counts
+from torchless import run_cli_without_torch
 
 
 def _run(*args: str):
@@ -92,29 +90,9 @@ def test_annotate_accepts_a_registry_model_name(local_registry, tmp_path):
     assert "not a registry model (registry models: test_model)" in result.output
 
 
-BLOCKED = textwrap.dedent(
-    """
-    import sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked")
-    sys.meta_path.insert(0, Block())
-    import scnym.models
-    from scnym.cli import main
-    try:
-        main(sys.argv[1:])
-    finally:
-        assert "torch" not in sys.modules
-    """
-)
-
-
 def test_the_registry_and_its_commands_need_no_torch(local_registry):
     for args in (["models", "list"], ["models", "fetch", "pretrained_human", "--quiet"]):
-        done = subprocess.run(
-            [sys.executable, "-c", BLOCKED, *args], capture_output=True, text=True, check=False
-        )
+        done = run_cli_without_torch(*args)
         assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(local_registry.root / "test_model.onnx")
 
