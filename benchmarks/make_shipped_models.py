@@ -5,7 +5,8 @@ bundled dataset (``scnym.datasets.kang_pbmc_small``) so that accuracy measured o
 honest (held-out cells):
 
 - ``human_pbmc_kang2018.onnx``: trained on both conditions (every cell labelled, so purely
-  supervised) on the most variable genes chosen by the training code (``n_top_genes``),
+  supervised) on the most variable genes chosen by the training code
+  (``gene_selection='variance'``, ``n_top_genes``),
   exported by ``scnym.export`` (fp16 weights when they agree with fp32, else fp32);
 - ``human_pbmc_kang2018_atlas.h5ad``: a class-balanced sample of cells, log1p(CPM) over all
   of each cell's genes (the format of the original scNym atlases), most variable genes.
@@ -28,8 +29,9 @@ from kang import REPO, load_kang
 from scnym.api import scnym_api
 from scnym.datasets import kang_pbmc_small
 from scnym.export import ParityError, export_model
+from scnym.gene_selection import highly_variable_genes
 from scnym.models import add_entry, entry_for_file
-from scnym.preprocessing import highly_variable_genes, log1p_cpm
+from scnym.preprocessing import log1p_cpm
 
 MODELS = REPO / "models"
 MODEL_NAME = "human_pbmc_kang2018"
@@ -66,7 +68,12 @@ def build_model(adata: anndata.AnnData, n_top_genes: int, epochs: int, seed: int
     """Train on all (non-bundled) cells and export; returns the ONNX path."""
     data = adata.copy()
     data.obs["label"] = data.obs["cell_type"].astype(str)
-    config = {"preset": "no_new_identity", "n_top_genes": n_top_genes, "n_epochs": epochs}
+    config = {
+        "preset": "no_new_identity",
+        "gene_selection": "variance",
+        "n_top_genes": n_top_genes,
+        "n_epochs": epochs,
+    }
     config["seed"] = seed
     out = MODELS / f"{MODEL_NAME}.onnx"
     with tempfile.TemporaryDirectory() as model_dir:

@@ -26,6 +26,7 @@ TOOL_NAMES = {
     "ours": "scNym (ours)",
     "original": "scNym 0.3.2 (original)",
     "ours_supervised": "scNym (ours), supervised only",
+    "ours_all_genes": "scNym (ours), all genes",
     "celltypist": "CellTypist 1.7.1",
     "lr": "logistic regression (2,000 HVGs)",
 }
@@ -34,7 +35,7 @@ TASK_NAMES = {"ctrl_to_stim": "ctrl → stim", "stim_to_ctrl": "stim → ctrl"}
 SCNYM_CONFIGS = ("no_new_identity", "new_identity_discovery")
 METRICS = ("cell_type_acc", "cell_type_bacc", "cell_type_coarse_acc", "cell_type_coarse_bacc")
 METRIC_NAMES = ("acc. `cell_type`", "bal. acc. `cell_type`", "acc. coarse", "bal. acc. coarse")
-SCNYM_TOOLS = ("ours", "original", "ours_supervised")
+SCNYM_TOOLS = ("ours", "original", "ours_supervised", "ours_all_genes")
 TARGET_TASK = "ctrl_to_stim"
 #: The claims' thresholds (issue #6).
 EPOCH_TIME_RATIO_MAX = 0.5

@@ -27,6 +27,7 @@ import torch
 from . import __version__
 from .config import PRESETS, Config, get_config
 from .fitting import EVAL_BATCH_SIZE, FitResult, Splits, fit_model, make_splits, resolve_device
+from .gene_selection import GeneSelection, select_genes
 from .modeldir import (
     MANIFEST_FORMAT,
     WEIGHTS_FILE,
@@ -40,7 +41,6 @@ from .preprocessing import (
     align_genes,
     check_unique_genes,
     gene_index_map,
-    highly_variable_genes,
     to_log1p_cpm,
 )
 
@@ -230,6 +230,29 @@ def _warm_start_state(trained_model: str | None, genes: list[str], classes: list
     return bundle.model.state_dict()
 
 
+def _gene_selection(X, codes, cfg: Config, trained_model, var_names) -> GeneSelection:
+    """The model's genes: a warm start keeps its model's; otherwise ``cfg.gene_selection``."""
+    if trained_model is not None and Path(trained_model).is_dir():
+        genes = load_model_dir(trained_model).gene_names
+        index = gene_index_map(var_names, genes)
+        if np.any(index < 0):
+            missing = [g for g, i in zip(genes, index, strict=True) if i < 0][:5]
+            raise ValueError(
+                f"Cannot warm start from {trained_model}: genes it reads are not in this data "
+                f"(e.g. {missing})"
+            )
+        return GeneSelection(index, {"method": f"genes of the warm-start model {trained_model}"})
+    selection = select_genes(X, codes, cfg)
+    if selection.record is not None:
+        logger.info(
+            "Training on %d of %d genes (%s)",
+            len(selection.columns),
+            X.shape[1],
+            cfg.gene_selection,
+        )
+    return selection
+
+
 def scnym_train(
     adata: anndata.AnnData,
     config: str | dict | Config = "new_identity_discovery",
@@ -260,15 +283,16 @@ def scnym_train(
     check_unique_genes(adata.var_names)
     codes, unlabeled, class_names = _labels(adata, groupby)
     X, input_kind = to_log1p_cpm(adata.X)
-    genes = adata.var_names.astype(str).tolist()
-    if cfg.n_top_genes is not None:
-        # Normalised over all genes first: the library size stays the cell's total.
-        keep = highly_variable_genes(X, cfg.n_top_genes)
-        X, genes = X[:, keep], [genes[i] for i in keep]
-        logger.info("Training on the %d most variable of %d genes", len(genes), adata.n_vars)
     labeled_rows = np.flatnonzero(~unlabeled)
     unlabeled_rows = np.flatnonzero(unlabeled)
     splits = _splits(adata, labeled_rows, cfg)
+    # Genes are chosen on the training split only, after normalising over all
+    # genes (the library size stays the cell's total).
+    train_codes = np.full_like(codes, -1)
+    train_codes[splits.train] = codes[splits.train]
+    selection = _gene_selection(X, train_codes, cfg, trained_model, adata.var_names)
+    X = X[:, selection.columns]
+    genes = adata.var_names[selection.columns].astype(str).tolist()
     domain, n_domains = _domains(adata, domain_groupby)
     init_state = _warm_start_state(trained_model, genes, class_names)
     if len(unlabeled_rows) == 0:
@@ -289,6 +313,7 @@ def scnym_train(
     )
     results = _results(out_path, fit, genes, class_names, cfg, splits)
     manifest = _manifest(fit, genes, class_names, cfg, input_kind, adata, groupby, domain_groupby)
+    manifest["preprocessing"]["gene_selection"] = selection.record
     write_model_dir(out_path, results, manifest)
     write_training_log(fit.history, out_path)
     adata.uns["scNym_train_results"] = results
@@ -350,13 +375,6 @@ def _manifest(fit, genes, class_names, cfg, input_kind, adata, groupby, domain_g
             "target_sum": TARGET_SUM,
             "log_base": "e",
             "library_size": "all genes of the cell",
-            "gene_selection": None
-            if cfg.n_top_genes is None
-            else {
-                "method": "top variance of log1p(CPM), genes detected in >= 1% of cells",
-                "n_top_genes": cfg.n_top_genes,
-                "n_genes_in_data": int(adata.n_vars),
-            },
         },
         "confidence_threshold": cfg.ssl_kwargs.pseudolabel_min_confidence or None,
         "config": cfg.to_dict(),

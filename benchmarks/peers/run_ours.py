@@ -9,6 +9,7 @@ Usage::
 
     python benchmarks/peers/run_ours.py --data TASK.h5ad --config no_new_identity --seed 0
         --model-dir DIR --predictions PRED.csv --measurements MEAS.json [--epochs N]
+        [--gene-selection markers|all]
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def versions() -> dict:
 
 
 def main() -> None:
-    args = train_parser(__doc__).parse_args()
+    parser = train_parser(__doc__)
+    parser.add_argument("--gene-selection", choices=("markers", "all"), default=None,
+                        help="override the config's gene_selection")  # fmt: skip
+    args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from scnym.api import scnym_api
 
@@ -44,6 +48,8 @@ def main() -> None:
     config = {"preset": args.config, "seed": args.seed}
     if args.epochs:
         config["n_epochs"] = args.epochs
+    if args.gene_selection:
+        config["gene_selection"] = args.gene_selection
     seed_everything(args.seed)
     with Stopwatch() as train:
         scnym_api(adata, task="train", groupby="label", out_path=str(args.model_dir), config=config)

@@ -47,6 +47,12 @@ def model_dir(kang, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def model_genes(model_dir) -> list[str]:
+    """The genes the model reads (its marker genes, a subset of the data's)."""
+    return json.loads((model_dir / "scnym_model.json").read_text())["gene_names"]
+
+
 def test_fp32_parity_on_synthetic_counts(model_dir, tmp_path):
     report = export_model(model_dir, tmp_path / "m.onnx")
     assert report.check_source == "synthetic" and report.n_check_cells == 512
@@ -60,9 +66,11 @@ def test_onnx_reproduces_scnym_predict_on_real_cells(kang, model_dir, tmp_path):
     report = export_model(model_dir, tmp_path / "m.onnx", check=kang)
     assert report.n_check_cells == kang.n_obs and report.max_prob_diff <= 1e-5
     model = OnnxModel(tmp_path / "m.onnx")
-    assert model.genes == kang.var_names.tolist()
+    # The model reads its marker genes; each cell's total is over all of its genes.
+    columns = kang.var_names.get_indexer(model.genes)
+    assert np.all(columns >= 0) and len(columns) < kang.n_vars
     counts = kang.X.toarray()
-    out = model.run(counts, total_counts=counts.sum(axis=1))
+    out = model.run(counts[:, columns], total_counts=counts.sum(axis=1))
     reference = kang.copy()
     scnym_api(reference, task="predict", trained_model=str(model_dir))
     np.testing.assert_allclose(
@@ -73,12 +81,12 @@ def test_onnx_reproduces_scnym_predict_on_real_cells(kang, model_dir, tmp_path):
     np.testing.assert_array_equal(classes, reference.obs["scNym"].astype(str).to_numpy())
 
 
-def test_metadata_round_trip(kang, model_dir, tmp_path):
+def test_metadata_round_trip(model_dir, model_genes, tmp_path):
     export_model(model_dir, tmp_path / "m.onnx")
     meta = read_metadata(tmp_path / "m.onnx")
     manifest = json.loads((model_dir / "scnym_model.json").read_text())
     assert meta["format_version"] == 1
-    assert meta["genes"] == kang.var_names.tolist() and meta["gene_id_type"] == "symbol"
+    assert meta["genes"] == model_genes and meta["gene_id_type"] == "symbol"
     assert meta["classes"] == manifest["class_names"]
     assert meta["preprocessing"]["input_mode"] == "counts"
     assert meta["preprocessing"]["target_sum"] == 1e6
@@ -118,11 +126,11 @@ def test_metadata_and_inference_without_torch(model_dir, tmp_path):
     assert result.stdout.split()[0] == str(len(read_metadata(path)["genes"]))
 
 
-def test_input_modes_agree(kang, model_dir, tmp_path):
+def test_input_modes_agree(kang, model_dir, model_genes, tmp_path):
     export_model(model_dir, tmp_path / "counts.onnx", input_mode="counts")
     export_model(model_dir, tmp_path / "log.onnx", input_mode="log1p_cpm")
-    counts = kang.X.toarray()[:100]
-    total = counts.sum(axis=1) * 1.3  # cells hold counts outside the model's genes too
+    counts = kang[:100, model_genes].X.toarray()
+    total = kang[:100].X.sum(axis=1).A1  # cells hold counts outside the model's genes too
     by_counts = OnnxModel(tmp_path / "counts.onnx").run(counts, total_counts=total)
     log_model = OnnxModel(tmp_path / "log.onnx")
     assert log_model.input_names == ["log1p_cpm"]
@@ -164,14 +172,14 @@ def test_fp16_stores_half_size_weights_and_agrees(kang, model_dir, tmp_path):
     assert read_metadata(tmp_path / "fp16.onnx")["precision"] == "fp16"
 
 
-def test_int8_reports_its_agreement_with_fp32(kang, model_dir, tmp_path):
+def test_int8_reports_its_agreement_with_fp32(kang, model_dir, model_genes, tmp_path):
     export_model(model_dir, tmp_path / "fp32.onnx", check=kang)
     # A 2-epoch model has many near-ties, so int8 may fall below the 99.5 % gate: force it.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = export_model(model_dir, tmp_path / "int8.onnx", "int8", check=kang, force=True)
-    counts = kang.X.toarray()
-    total = counts.sum(axis=1)
+    counts = kang[:, model_genes].X.toarray()
+    total = kang.X.sum(axis=1).A1
     expected = np.mean(
         OnnxModel(tmp_path / "int8.onnx").run(counts, total).predicted_class
         == OnnxModel(tmp_path / "fp32.onnx").run(counts, total).predicted_class
@@ -221,7 +229,7 @@ def test_bad_precision_and_no_shared_genes(kang, model_dir, tmp_path):
         export_model(model_dir, tmp_path / "m.onnx", check=other)
 
 
-def test_cli_export_and_inspect(kang, model_dir, tmp_path):
+def test_cli_export_and_inspect(kang, model_dir, model_genes, tmp_path):
     check = tmp_path / "check.h5ad"
     kang.write_h5ad(check)
     runner = CliRunner()
@@ -232,12 +240,12 @@ def test_cli_export_and_inspect(kang, model_dir, tmp_path):
     assert "max |d prob|" in result.output and "cells/s" in result.output
     shown = runner.invoke(main, ["inspect", str(tmp_path / "m.onnx")])
     assert shown.exit_code == 0, shown.output
-    assert f"Genes: {kang.n_vars} symbol" in shown.output
+    assert f"Genes: {len(model_genes)} symbol" in shown.output
     assert "Classes (" in shown.output and "Confidence threshold: 0.9" in shown.output
     as_json = json.loads(
         runner.invoke(main, ["inspect", "--json", str(tmp_path / "m.onnx")]).output
     )
-    assert as_json["genes"] == kang.var_names.tolist()
+    assert as_json["genes"] == model_genes
 
 
 def test_inspect_refuses_an_onnx_file_without_scnym_metadata(tmp_path):

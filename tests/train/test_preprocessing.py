@@ -11,7 +11,6 @@ from scnym.preprocessing import (
     check_unique_genes,
     detect_input_kind,
     gene_index_map,
-    highly_variable_genes,
     log1p_cpm,
     to_log1p_cpm,
 )
@@ -194,17 +193,3 @@ def test_check_unique_genes():
         check_unique_genes(["a", "b", "a", "c", "b", "b"])
     assert "3 repeats" in str(err.value)
     assert "'a'" in str(err.value) and "'b'" in str(err.value)
-
-
-def test_highly_variable_genes_ranks_variance_among_detected_genes():
-    rng = np.random.default_rng(0)
-    X = rng.normal(1.0, 0.05, size=(200, 6)).clip(0)
-    X[:, 2] = rng.normal(1.0, 1.0, size=200).clip(0)  # most variable
-    X[:, 4] = rng.normal(1.0, 0.5, size=200).clip(0)  # second
-    X[:, 5] = 0.0
-    X[0, 5] = 50.0  # huge variance, but detected in one cell only
-    assert highly_variable_genes(X, 2).tolist() == [2, 4]
-    assert highly_variable_genes(sparse.csr_matrix(X), 2).tolist() == [2, 4]
-    assert highly_variable_genes(X, 10).tolist() == list(range(6))
-    with pytest.raises(ValueError, match="at least 1"):
-        highly_variable_genes(X, 0)
