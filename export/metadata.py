@@ -59,6 +59,7 @@ def build_metadata(
             "log_base": "e",
             "library_size": "total counts over all genes of the cell (input total_counts)",
             "training_input": preprocessing.get("input", "log1p_cpm"),
+            "gene_selection": preprocessing.get("gene_selection"),
         },
         "model_kwargs": manifest.get("model_kwargs", {}),
         "training": {"config": config, "data": manifest.get("data", {})},

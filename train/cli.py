@@ -206,6 +206,9 @@ def inspect(model, as_json) -> None:
     prep = meta["preprocessing"]
     click.echo(f"Model: {model}  (format {meta['format_version']}, {meta.get('precision')})")
     click.echo(f"Genes: {len(genes)} {meta.get('gene_id_type')} ({', '.join(genes[:5])}, ...)")
+    selection = prep.get("gene_selection")
+    if selection:
+        click.echo(f"  chosen from {selection.get('n_genes_in_data', '?')}: {selection['method']}")
     click.echo(f"Classes ({len(classes)}): {', '.join(classes)}")
     click.echo(
         f"Input: {prep['input_mode']}; log1p(counts / total_counts * {prep['target_sum']:g}), "

@@ -91,6 +91,9 @@ def test_metadata_round_trip(model_dir, model_genes, tmp_path):
     assert meta["preprocessing"]["input_mode"] == "counts"
     assert meta["preprocessing"]["target_sum"] == 1e6
     assert meta["preprocessing"]["training_input"] == "counts"
+    selection = meta["preprocessing"]["gene_selection"]
+    assert selection == manifest["preprocessing"]["gene_selection"]
+    assert selection["n_genes"] == len(model_genes) and selection["markers_per_class"] == 300
     assert meta["model_kwargs"]["n_hidden"] == 256
     assert meta["training"]["data"]["cells_per_class"] == manifest["data"]["cells_per_class"]
     assert meta["metrics"]["final_acc"] == manifest["metrics"]["final_acc"]
@@ -241,6 +244,7 @@ def test_cli_export_and_inspect(kang, model_dir, model_genes, tmp_path):
     shown = runner.invoke(main, ["inspect", str(tmp_path / "m.onnx")])
     assert shown.exit_code == 0, shown.output
     assert f"Genes: {len(model_genes)} symbol" in shown.output
+    assert f"chosen from {kang.n_vars}: largest |coefficient| per class" in shown.output
     assert "Classes (" in shown.output and "Confidence threshold: 0.9" in shown.output
     as_json = json.loads(
         runner.invoke(main, ["inspect", "--json", str(tmp_path / "m.onnx")]).output
