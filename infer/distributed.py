@@ -13,7 +13,7 @@ from .streaming import BlockEncoder, BlockPlan, PartialResults, run_block
 logger = logging.getLogger(__name__)
 
 # Per worker process: opened stores, onnxruntime sessions and block encoders
-# (with their input buffer), reused across blocks.
+# reused across blocks.
 _OPENED: dict[tuple, list] = {}
 
 
@@ -24,7 +24,7 @@ def _classify(store, model_path, layer, gene_key, threads, plan: BlockPlan, star
         _OPENED[key] = [reader, OnnxModel(model_path, threads=threads), None]
     reader, model, encoder = _OPENED[key]
     if encoder is None or encoder.plan is not plan:
-        encoder = _OPENED[key][2] = BlockEncoder(plan, len(reader.var_names))
+        encoder = _OPENED[key][2] = BlockEncoder(plan)
     return start, run_block(model, reader.read_rows(start, stop), plan, encoder)
 
 

@@ -101,7 +101,7 @@ def predict_matrix(
         n_obs=X.shape[0], chunk_rows=1, is_sparse=sparse.issparse(X), writable=False,
     )  # fmt: skip
     plan = plan_blocks(reader, model, batch_size, min_gene_overlap)
-    encoder = BlockEncoder(plan, X.shape[1])
+    encoder = BlockEncoder(plan)
     probabilities, embedding = [], []
     with tqdm(total=reader.n_obs, unit="cells", desc="Annotating", disable=not progress) as bar:
         for start, stop in plan.bounds:

@@ -32,6 +32,16 @@ def _lazy_column(partial: PartialResults, plan: BlockPlan, key: str, width: int,
     return da.concatenate(parts, axis=0)
 
 
+def _aligned_chunks(array: da.Array) -> dict:
+    """On-disk chunks equal to the blocks, so that each block is written once, whole.
+
+    With the writer's default chunks the blocks straddle chunk borders, and every
+    border chunk is read back, merged and rewritten under a lock: 9x slower for a
+    100k x 256 embedding here.
+    """
+    return {"chunks": (array.chunks[0][0], array.shape[1])}
+
+
 def _gather(partial: PartialResults, plan: BlockPlan, key: str) -> np.ndarray:
     return np.concatenate([partial.load(start, [key])[key] for start, _ in plan.bounds])
 
@@ -67,9 +77,9 @@ def _write_into(group, columns, embed, probs, key_added: str, record: dict) -> N
     order += [name for name in columns if name not in order]
     obs.attrs["column-order"] = order  # written last: until then readers see the old columns
     obsm = group["obsm"] if "obsm" in group else group.create_group("obsm")
-    write_elem(obsm, "X_scnym", embed)
+    write_elem(obsm, "X_scnym", embed, dataset_kwargs=_aligned_chunks(embed))
     if probs is not None:
-        write_elem(obsm, f"{key_added}_probabilities", probs)
+        write_elem(obsm, f"{key_added}_probabilities", probs, dataset_kwargs=_aligned_chunks(probs))
     uns = group["uns"] if "uns" in group else group.create_group("uns")
     write_elem(uns, "scNym_annotate", _clean_record(record))
 
