@@ -61,8 +61,24 @@ def main(verbose: bool) -> None:
 @click.option("--seed", type=int, default=None, help="Random seed (default: the config's, 0).")
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch (default: torch's). On a shared machine, the cores you own.")  # fmt: skip
+@click.option("--gene-selection", type=click.Choice(["markers", "variance", "all"]), default=None,
+              help="Genes the model reads (default: the config's, markers); variance needs "
+              "--n-top-genes.")  # fmt: skip
+@click.option(
+    "--n-top-genes", type=int, default=None, help="Genes kept by --gene-selection variance."
+)
 def train(
-    data, groupby, domain_groupby, config_name, out_path, epochs, device, seed, threads
+    data,
+    groupby,
+    domain_groupby,
+    config_name,
+    out_path,
+    epochs,
+    device,
+    seed,
+    threads,
+    gene_selection,
+    n_top_genes,
 ) -> None:
     """Train a model on DATA.h5ad and write its model directory to --out."""
     import torch
@@ -78,7 +94,13 @@ def train(
     config = get_config(config_name)
     overrides = {
         key: value
-        for key, value in {"n_epochs": epochs, "device": device, "seed": seed}.items()
+        for key, value in {
+            "n_epochs": epochs,
+            "device": device,
+            "seed": seed,
+            "gene_selection": gene_selection,
+            "n_top_genes": n_top_genes,
+        }.items()
         if value is not None
     }
     adata = _read_h5ad(data)

@@ -47,6 +47,30 @@ def test_train_accepts_a_json_config(tmp_path):
     assert manifest["config"]["batch_size"] == 32 and manifest["config"]["unsup_max_weight"] == 0
 
 
+def test_train_gene_selection_options(tmp_path):
+    data = tmp_path / "data.h5ad"
+    make_counts(n_cells=160, n_genes=30, seed=1).write_h5ad(data)
+    runner = CliRunner()
+    base = ["train", str(data), "--groupby", "label", "--epochs", "1"]
+    result = runner.invoke(
+        main,
+        [
+            *base,
+            "--out",
+            str(tmp_path / "m"),
+            "--gene-selection",
+            "variance",
+            "--n-top-genes",
+            "12",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "12 genes" in result.output
+    result = runner.invoke(main, [*base, "--out", str(tmp_path / "n"), "--n-top-genes", "12"])
+    assert result.exit_code == 1
+    assert "set gene_selection='variance' as well" in result.output
+
+
 def test_train_reports_a_missing_label_column(tmp_path):
     data = tmp_path / "data.h5ad"
     make_counts(n_cells=40, n_genes=10).write_h5ad(data)
