@@ -36,6 +36,9 @@ def _session(path, providers, threads: int | None = None) -> ort.InferenceSessio
     # No arena: it keeps the largest block's buffers for the session's life, which
     # would double the peak memory of streaming for little speed.
     options.enable_cpu_mem_arena = False
+    # Streaming reads and encodes the next block between runs, on the same cores:
+    # workers spinning after each run would take those cores from it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
