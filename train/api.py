@@ -214,7 +214,8 @@ def _domains(adata: anndata.AnnData, domain_groupby: str | None) -> tuple[np.nda
     return codes, max(len(names), 2)
 
 
-def _warm_start_state(trained_model: str | None, genes: list[str], classes: list[str]):
+def _warm_start_bundle(trained_model: str | None) -> ModelBundle | None:
+    """The model directory a training run starts from, if any."""
     if trained_model is None:
         return None
     if not Path(trained_model).exists() and _is_registry_model(str(trained_model)):
@@ -222,26 +223,20 @@ def _warm_start_state(trained_model: str | None, genes: list[str], classes: list
             f"Cannot warm start from {trained_model!r}: registry models are ONNX files, for "
             "prediction only. Pass a model directory written by task='train'."
         )
-    bundle = load_model_dir(trained_model)
-    if bundle.gene_names != genes or bundle.class_names != classes:
-        raise ValueError(
-            f"Cannot warm start from {trained_model}: its genes/classes differ from this data"
-        )
-    return bundle.model.state_dict()
+    return load_model_dir(trained_model)
 
 
-def _gene_selection(X, codes, cfg: Config, trained_model, var_names) -> GeneSelection:
+def _gene_selection(X, codes, cfg: Config, warm: ModelBundle | None, var_names) -> GeneSelection:
     """The model's genes: a warm start keeps its model's; otherwise ``cfg.gene_selection``."""
-    if trained_model is not None and Path(trained_model).is_dir():
-        genes = load_model_dir(trained_model).gene_names
-        index = gene_index_map(var_names, genes)
+    if warm is not None:
+        index = gene_index_map(var_names, warm.gene_names)
         if np.any(index < 0):
-            missing = [g for g, i in zip(genes, index, strict=True) if i < 0][:5]
+            missing = [g for g, i in zip(warm.gene_names, index, strict=True) if i < 0][:5]
             raise ValueError(
-                f"Cannot warm start from {trained_model}: genes it reads are not in this data "
+                f"Cannot warm start from {warm.path}: genes it reads are not in this data "
                 f"(e.g. {missing})"
             )
-        return GeneSelection(index, {"method": f"genes of the warm-start model {trained_model}"})
+        return GeneSelection(index, {"method": f"genes of the warm-start model {warm.path}"})
     selection = select_genes(X, codes, cfg)
     if selection.record is not None:
         logger.info(
@@ -290,11 +285,17 @@ def scnym_train(
     # genes (the library size stays the cell's total).
     train_codes = np.full_like(codes, -1)
     train_codes[splits.train] = codes[splits.train]
-    selection = _gene_selection(X, train_codes, cfg, trained_model, adata.var_names)
+    warm = _warm_start_bundle(trained_model)
+    selection = _gene_selection(X, train_codes, cfg, warm, adata.var_names)
     X = X[:, selection.columns]
     genes = adata.var_names[selection.columns].astype(str).tolist()
     domain, n_domains = _domains(adata, domain_groupby)
-    init_state = _warm_start_state(trained_model, genes, class_names)
+    if warm is not None and warm.class_names != class_names:
+        raise ValueError(
+            f"Cannot warm start from {trained_model}: its classes {warm.class_names} differ "
+            f"from this data's {class_names}"
+        )
+    init_state = None if warm is None else warm.model.state_dict()
     if len(unlabeled_rows) == 0:
         logger.info("No %r cells: proceeding with purely supervised training", UNLABELED_TOKEN)
     os.makedirs(out_path, exist_ok=True)
@@ -312,8 +313,9 @@ def scnym_train(
         progress=progress,
     )
     results = _results(out_path, fit, genes, class_names, cfg, splits)
-    manifest = _manifest(fit, genes, class_names, cfg, input_kind, adata, groupby, domain_groupby)
-    manifest["preprocessing"]["gene_selection"] = selection.record
+    manifest = _manifest(
+        fit, genes, class_names, cfg, input_kind, adata, groupby, domain_groupby, selection.record
+    )
     write_model_dir(out_path, results, manifest)
     write_training_log(fit.history, out_path)
     adata.uns["scNym_train_results"] = results
@@ -347,7 +349,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _manifest(fit, genes, class_names, cfg, input_kind, adata, groupby, domain_groupby):
+def _manifest(
+    fit, genes, class_names, cfg, input_kind, adata, groupby, domain_groupby, gene_selection
+):
     labels = adata.obs[groupby].astype(str)
     summary = {
         "n_cells": int(adata.n_obs),
@@ -375,6 +379,7 @@ def _manifest(fit, genes, class_names, cfg, input_kind, adata, groupby, domain_g
             "target_sum": TARGET_SUM,
             "log_base": "e",
             "library_size": "all genes of the cell",
+            "gene_selection": gene_selection,
         },
         "confidence_threshold": cfg.ssl_kwargs.pseudolabel_min_confidence or None,
         "config": cfg.to_dict(),

@@ -123,6 +123,11 @@ def test_warm_start_needs_the_model_genes(tmp_path):
     with pytest.raises(ValueError, match="genes it reads are not in this data"):
         scnym_api(fewer, task="train", groupby="label", out_path=str(tmp_path / "b"),
                   trained_model=str(tmp_path), config=config)  # fmt: skip
+    renamed = adata.copy()
+    renamed.obs["label"] = renamed.obs["label"].astype(str).str.replace("type_0", "type_9")
+    with pytest.raises(ValueError, match="its classes .* differ"):
+        scnym_api(renamed, task="train", groupby="label", out_path=str(tmp_path / "c"),
+                  trained_model=str(tmp_path), config=config)  # fmt: skip
 
 
 def test_model_keeps_the_most_variable_genes_and_predicts_on_all(tmp_path):
