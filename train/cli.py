@@ -15,6 +15,7 @@ import click
 import pandas as pd
 
 from . import __version__
+from .config import GENE_SELECTIONS
 
 
 def _read_h5ad(path: str):
@@ -61,7 +62,7 @@ def main(verbose: bool) -> None:
 @click.option("--seed", type=int, default=None, help="Random seed (default: the config's, 0).")
 @click.option("--threads", type=int, default=None,
               help="CPU threads for torch (default: torch's). On a shared machine, the cores you own.")  # fmt: skip
-@click.option("--gene-selection", type=click.Choice(["markers", "variance", "all"]), default=None,
+@click.option("--gene-selection", type=click.Choice(GENE_SELECTIONS), default=None,
               help="Genes the model reads (default: the config's, markers); variance needs "
               "--n-top-genes.")  # fmt: skip
 @click.option(

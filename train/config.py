@@ -13,11 +13,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 OptimizerName = Literal["adadelta", "adam", "adamw", "sgd"]
 GeneSelectionName = Literal["markers", "variance", "all"]
-GENE_SELECTIONS = ("markers", "variance", "all")
+GENE_SELECTIONS: tuple[str, ...] = get_args(GeneSelectionName)
 
 
 @dataclass
