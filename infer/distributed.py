@@ -7,8 +7,9 @@ import logging
 from tqdm.auto import tqdm
 
 from .model import OnnxModel
+from .partial import PartialResults
 from .store import open_store
-from .streaming import BlockEncoder, BlockPlan, PartialResults, run_block
+from .streaming import BlockEncoder, BlockPlan, run_block
 
 logger = logging.getLogger(__name__)
 

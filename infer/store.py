@@ -61,9 +61,23 @@ class StoreReader:
     is_sparse: bool
     writable: bool
     _h5: h5py.File | None = field(default=None, repr=False)
+    #: A CSR element's (indptr, indices, data) arrays, read directly (see ``read_rows``).
+    _csr: tuple[Any, Any, Any] | None = field(default=None, repr=False)
 
     def read_rows(self, start: int, stop: int) -> sparse.csr_matrix:
         """Rows ``[start, stop)`` as a float32 CSR matrix."""
+        if self._csr is not None:
+            # A row range of CSR is three slices. Taken from the zarr/h5py arrays
+            # directly because anndata 0.12's backed-sparse slicing looks up scipy's
+            # version in the package metadata on every call: 10 ms per block here,
+            # about a third of the reading time of 100k Kang cells.
+            indptr, indices, data = self._csr
+            ptr = np.asarray(indptr[start : stop + 1], dtype=np.int64)
+            lo, hi = int(ptr[0]), int(ptr[-1])
+            return sparse.csr_matrix(
+                (np.asarray(data[lo:hi], dtype=np.float32), np.asarray(indices[lo:hi]), ptr - lo),
+                shape=(stop - start, int(self.matrix.shape[1])),
+            )
         block = self.matrix[start:stop]
         if sparse.issparse(block):
             return sparse.csr_matrix(block, dtype=np.float32)
@@ -164,11 +178,13 @@ def open_store(
         matrix = sparse_dataset(element)
         is_sparse = True
         data = element["data"]
+        csr = (element["indptr"], element["indices"], data)
         per_row = max(int(data.shape[0]) // max(int(matrix.shape[0]), 1), 1)
         chunk_rows = max(_chunk_length(data) // per_row, 1)
     else:
         matrix = element
         is_sparse = False
+        csr = None
         chunk_rows = _chunk_length(element)
 
     var = read_elem(root["var"])
@@ -191,6 +207,7 @@ def open_store(
         is_sparse=is_sparse,
         writable=can_write,
         _h5=h5,
+        _csr=csr,
     )
 
 

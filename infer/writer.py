@@ -1,45 +1,74 @@
 """Write annotation results into the store (new elements only) or to an output file.
 
-Elements are written with anndata's own writers (``write_elem``). The
-embedding and probabilities go through a dask array backed by the finished
-blocks, so they are written chunk by chunk and never held whole in memory.
+obs columns and the run's record are written with anndata's own writers
+(``write_elem``). The embedding and probabilities were written block by block
+into zarr arrays of the partial-results folder (:mod:`.partial`); into a local
+zarr store of the same format they are moved, not copied, and into h5ad they are
+copied chunk by chunk, so they are never held whole in memory.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import anndata
-import dask
-import dask.array as da
 import h5py
 import numpy as np
 import pandas as pd
 import zarr
 from anndata.io import write_elem
 
+from .partial import PartialResults
 from .store import StoreReader, read_obs_names
-from .streaming import UNKNOWN_LABEL, BlockPlan, PartialResults
+from .streaming import UNKNOWN_LABEL, BlockPlan
+
+#: obsm name of each wide result (``{key_added}`` is filled in).
+OBSM_NAMES = {"embedding": "X_scnym", "probabilities": "{key_added}_probabilities"}
 
 
-def _lazy_column(partial: PartialResults, plan: BlockPlan, key: str, width: int, dtype) -> da.Array:
-    """A dask array ``[cells, width]`` reading ``key`` from each finished block file."""
-    parts = []
-    for start, stop in plan.bounds:
-        load = dask.delayed(lambda s, k: partial.load(s, [k])[k])(start, key)
-        parts.append(da.from_delayed(load, shape=(stop - start, width), dtype=dtype))
-    return da.concatenate(parts, axis=0)
+def destination_zarr_format(reader: StoreReader, output: str | None) -> int:
+    """The zarr format of the group the wide arrays end up in (3 when it is not zarr)."""
+    if output is None:
+        if isinstance(reader.root, zarr.Group):
+            return int(reader.root.metadata.zarr_format)
+        return 3
+    if Path(output).suffix.lower() == ".zarr":
+        return int(anndata.settings.zarr_write_format)
+    return 3
 
 
-def _aligned_chunks(array: da.Array) -> dict:
-    """On-disk chunks equal to the blocks, so that each block is written once, whole.
+def _local_folder(group) -> Path | None:
+    """The folder of a zarr group on local disk (None for h5py or remote groups)."""
+    if isinstance(group, zarr.Group) and isinstance(group.store, zarr.storage.LocalStore):
+        return Path(group.store.root) / group.path
+    return None
 
-    With the writer's default chunks the blocks straddle chunk borders, and every
-    border chunk is read back, merged and rewritten under a lock: 9x slower for a
-    100k x 256 embedding here.
+
+def _place_array(obsm, name: str, source: Path) -> None:
+    """Put the zarr array at ``source`` into ``obsm[name]``, replacing what is there.
+
+    Raises
+    ------
+    RuntimeError
+        If ``source`` is gone and ``obsm`` lacks ``name``.
     """
-    return {"chunks": (array.chunks[0][0], array.shape[1])}
+    if not source.exists():
+        if name in obsm:
+            return  # moved in by the run that was stopped before it could clean up
+        raise RuntimeError(
+            f"{source} is missing from the partial results; delete {source.parent} and "
+            "annotate again"
+        )
+    array = zarr.open_array(source, mode="r")
+    if name in obsm:
+        del obsm[name]
+    folder = _local_folder(obsm)
+    if folder is not None and obsm.metadata.zarr_format == array.metadata.zarr_format:
+        shutil.move(source, folder / name)  # a rename: the blocks are not written twice
+    else:
+        write_elem(obsm, name, array, dataset_kwargs={"chunks": array.chunks})
 
 
 def _gather(partial: PartialResults, plan: BlockPlan, key: str) -> np.ndarray:
@@ -68,8 +97,8 @@ def _clean_record(record: dict) -> dict:
     return {k: v for k, v in record.items() if v is not None}
 
 
-def _write_into(group, columns, embed, probs, key_added: str, record: dict) -> None:
-    """Add obs columns, obsm arrays and the uns record beside what the group holds."""
+def _write_into(group, columns, wide: dict[str, Path], record: dict) -> None:
+    """Add obs columns, obsm arrays (``wide``: name to zarr array) and the uns record."""
     obs = group["obs"]
     for name, values in columns.items():
         write_elem(obs, name, values)
@@ -77,9 +106,8 @@ def _write_into(group, columns, embed, probs, key_added: str, record: dict) -> N
     order += [name for name in columns if name not in order]
     obs.attrs["column-order"] = order  # written last: until then readers see the old columns
     obsm = group["obsm"] if "obsm" in group else group.create_group("obsm")
-    write_elem(obsm, "X_scnym", embed, dataset_kwargs=_aligned_chunks(embed))
-    if probs is not None:
-        write_elem(obsm, f"{key_added}_probabilities", probs, dataset_kwargs=_aligned_chunks(probs))
+    for name, source in wide.items():
+        _place_array(obsm, name, source)
     uns = group["uns"] if "uns" in group else group.create_group("uns")
     write_elem(uns, "scNym_annotate", _clean_record(record))
 
@@ -93,22 +121,20 @@ def write_results(
     output: str | None,
     record: dict,
     unknown_threshold: float | None,
-    write_probabilities: bool,
 ) -> tuple[str, np.ndarray, np.ndarray]:
     """Write the results of every block; returns (where, labels, confidences)."""
     predicted = _gather(partial, plan, "predicted")
     confidence = _gather(partial, plan, "confidence")
     columns = _obs_columns(predicted, confidence, classes, key_added, unknown_threshold)
-    width = int(partial.load(plan.bounds[0][0], ["embedding"])["embedding"].shape[1])
-    embed = _lazy_column(partial, plan, "embedding", width, np.float32)
-    probs = None
-    if write_probabilities:
-        probs = _lazy_column(partial, plan, "probabilities", len(classes), np.float32)
+    wide = {
+        OBSM_NAMES[key].format(key_added=key_added): partial.wide_path(key)
+        for key in partial.wide.keys
+    }
     record = {**record, "classes": list(classes), "key_added": key_added}
     labels = np.asarray(columns[key_added].astype(str))
 
     if output is None:
-        _write_into(reader.root, columns, embed, probs, key_added, record)
+        _write_into(reader.root, columns, wide, record)
         reader.reconsolidate()
         return reader.location, labels, confidence
 
@@ -130,10 +156,10 @@ def write_results(
     if suffix == ".zarr":
         results.write_zarr(output)
         group = zarr.open_group(output, mode="r+", use_consolidated=False)
-        _write_into(group, columns, embed, probs, key_added, record)
+        _write_into(group, columns, wide, record)
         zarr.consolidate_metadata(output)
     else:
         results.write_h5ad(output)
         with h5py.File(output, "r+") as fh:
-            _write_into(fh, columns, embed, probs, key_added, record)
+            _write_into(fh, columns, wide, record)
     return output, labels, confidence
