@@ -17,9 +17,10 @@ run_*.py``) that writes predictions and measurements; every metric is computed
 here from the predictions by one function (``evaluate``).
 
 Part 2, annotation throughput on a store of resampled Kang cells
-(``annotate.build_store``; the same cells also as an ``.h5ad`` of raw counts for
-the peers): ``scnym annotate`` (torch-free, streaming, fp32 ONNX export of our
-seed-0 ``ctrl_to_stim`` ``no_new_identity`` model) against the original's
+(``annotate.build_store``; the same cells also as an ``.h5ad`` of raw counts):
+``scnym annotate`` from our base install (torch-free, streaming, fp32 ONNX
+export of our seed-0 ``ctrl_to_stim`` ``no_new_identity`` model) on the same
+``.h5ad`` as the peers and on the zarr store, against the original's
 ``scnym_api(task='predict')`` and CellTypist's ``annotate``, each end to end
 (read, normalise, predict, write) in its own process: cells/s and peak RSS.
 
@@ -31,7 +32,7 @@ Usage::
     bash benchmarks/peers/setup.sh
     python benchmarks/compare.py [--tasks ctrl_to_stim stim_to_ctrl] [--seeds 0 1 2]
         [--tools ours original celltypist lr ours_supervised] [--epochs N] [--max-cells N]
-        [--annotate-cells 100000] [--workdir DIR] [--out benchmarks/results/compare.json]
+        [--annotate-cells 100000] [--annotate-repeats 3] [--workdir DIR] [--out benchmarks/results/compare.json]
         [--resume]
     python benchmarks/report.py --results benchmarks/results/compare.json --out BENCHMARKS.md
 """
@@ -105,6 +106,8 @@ VENVS = {
     "original": PEERS / ".venv-scnym032" / "bin" / "python",
     "celltypist": PEERS / ".venv-celltypist" / "bin" / "python",
 }
+#: Our base install (no torch, no extras), which part 2 annotates with.
+OURS_BASE = PEERS / ".venv-ours-base" / "bin" / "python"
 RUNNERS = {
     "ours": "run_ours.py",
     "ours_supervised": "run_ours.py",
@@ -460,27 +463,40 @@ def read_obs_column(path: Path, key: str) -> np.ndarray:
 
 
 def annotation_commands(folder: Path, store: Path, h5ad: Path, models: dict) -> dict:
-    """Each tool's end-to-end annotation command and where its labels land."""
+    """Each tool's end-to-end annotation command, its input and where its labels land.
+
+    Ours runs from the base install (``.venv-ours-base``: torch-free, no extras, as
+    in production): on the same ``.h5ad`` the peers read, with the default export
+    and with the ``log1p_cpm`` export, and on the zstd-compressed zarr store.
+    """
     commands = {}
-    if "ours" in models:
-        out = folder / "ours_annotated.zarr"
-        command = [sys.executable, "-m", "scnym.cli", "annotate", store, "--model", models["ours"]]
-        commands["ours"] = (command + ["--output", out, "--quiet"], out, "scNym")
+    ours = {"ours": ("ours", h5ad), "ours_log1p_cpm": ("ours_log1p_cpm", h5ad),
+            "ours_zarr": ("ours", store)}  # fmt: skip
+    for tool, (model, source) in ours.items():
+        if model in models:
+            out = folder / f"{tool}_annotated.zarr"
+            command = [OURS_BASE, "-m", "scnym.cli", "annotate", source, "--model", models[model]]
+            commands[tool] = (command + ["--output", out, "--quiet"], source, out, "scNym")
     if "original" in models:
         out = folder / "original_annotated.h5ad"
         command = [VENVS["original"], PEERS / "annotate_original.py", h5ad]
         command += ["--model-dir", models["original"], "--config", ANNOTATION_CONFIG]
-        commands["original"] = (command + ["--output", out], out, "scNym")
+        commands["original"] = (command + ["--output", out], h5ad, out, "scNym")
     if "celltypist" in models:
         out = folder / "celltypist_annotated.h5ad"
         command = [VENVS["celltypist"], PEERS / "annotate_celltypist.py", h5ad]
         command += ["--model", models["celltypist"], "--output", out]
-        commands["celltypist"] = (command, out, "predicted_labels")
+        commands["celltypist"] = (command, h5ad, out, "predicted_labels")
     return commands
 
 
 def annotation_models(workdir: Path, seed: int, folder: Path) -> dict:
-    """The models the annotation part uses that exist: ours exported to fp32 ONNX."""
+    """The models the annotation part uses that exist.
+
+    Ours is exported to fp32 ONNX twice: with the default ``counts`` input (the
+    normalisation inside the graph) and with ``log1p_cpm`` input (the streaming
+    reader normalises the stored values before the block is made dense).
+    """
     runs = workdir / "runs"
     dirs = {
         tool: runs / Run(tool, ANNOTATION_CONFIG, ANNOTATION_TASK, seed).folder / "model"
@@ -491,9 +507,10 @@ def annotation_models(workdir: Path, seed: int, folder: Path) -> dict:
     if (dirs["ours"] / "00_best_model_weights.pkl").exists():
         from scnym.export import export_model
 
-        onnx = folder / "ours_fp32.onnx"
-        export_model(dirs["ours"], onnx, precision="fp32")
-        models["ours"] = onnx
+        for tool, input_mode in (("ours", "counts"), ("ours_log1p_cpm", "log1p_cpm")):
+            onnx = folder / f"{tool}_fp32.onnx"
+            export_model(dirs["ours"], onnx, precision="fp32", input_mode=input_mode)
+            models[tool] = onnx
     if (dirs["original"] / "00_best_model_weights.pkl").exists():
         models["original"] = dirs["original"]
     if (runs / celltypist / "model" / "model.pkl").exists():
@@ -501,31 +518,52 @@ def annotation_models(workdir: Path, seed: int, folder: Path) -> dict:
     return models
 
 
-def annotation_benchmark(workdir: Path, n_cells: int, seed: int, timeout: float | None) -> dict:
-    """Cells/s and peak RSS of each tool annotating ``n_cells`` cells end to end."""
+def annotation_benchmark(
+    workdir: Path, n_cells: int, seed: int, timeout: float | None, repeats: int
+) -> dict:
+    """Cells/s and peak RSS of each tool annotating ``n_cells`` cells end to end.
+
+    The tools take turns, ``repeats`` rounds; each figure is the median of a
+    tool's runs (the runs themselves are kept under ``runs``).
+    """
     folder = workdir / "annotate"
     store, h5ad = annotation_inputs(workdir, n_cells)
     truth = read_obs_column(store, "cell_type")
     models = annotation_models(workdir, seed, folder)
-    result = {"cells": n_cells, "models": {k: str(v) for k, v in models.items()}, "tools": {}}
-    for tool, (command, out, key) in annotation_commands(folder, store, h5ad, models).items():
-        remove(out)
-        warm_page_cache(store if tool == "ours" else h5ad)
-        logger.info("annotating %d cells with %s", n_cells, tool)
-        process = measured(command, folder, f"{tool}_{n_cells}", timeout)
-        entry = {"command": shlex.join(map(str, command)), **process}
-        if process["returncode"] == 0:
+    commands = annotation_commands(folder, store, h5ad, models)
+    result = {
+        "cells": n_cells,
+        "repeats": repeats,
+        "models": {k: str(v) for k, v in models.items()},
+        "tools": {tool: {"command": shlex.join(map(str, c[0])), "runs": []} for tool, c in commands.items()},
+    }  # fmt: skip
+    for round_ in range(repeats):
+        for tool, (command, source, out, key) in commands.items():
+            entry = result["tools"][tool]
+            if entry.get("status") == "failed":
+                continue
+            remove(out)
+            warm_page_cache(source)
+            logger.info("annotating %d cells with %s (round %d)", n_cells, tool, round_ + 1)
+            process = measured(command, folder, f"{tool}_{n_cells}", timeout)
+            entry["runs"].append(process)
+            if process["returncode"] != 0:
+                log = (folder / f"{tool}_{n_cells}.log").read_text(errors="replace")[-3000:]
+                entry.update(status="failed", error=log)
+                continue
             predicted = read_obs_column(out, key)
+            runs = entry["runs"]
             entry.update(
                 status="ok",
-                cells_per_s=n_cells / process["wall_seconds"],
+                wall_seconds=float(np.median([r["wall_seconds"] for r in runs])),
+                peak_rss_mb=float(np.median([r["peak_rss_mb"] for r in runs])),
+                other_cpu_share=max(r.get("other_cpu_share", 0.0) for r in runs),
                 accuracy=float(np.mean(predicted == truth)),
             )
-        else:
-            log = (folder / f"{tool}_{n_cells}.log").read_text(errors="replace")[-3000:]
-            entry.update(status="failed", error=log)
-        result["tools"][tool] = entry
-        logger.info("%s: %s", tool, {k: v for k, v in entry.items() if k != "command"})
+            entry["cells_per_s"] = n_cells / entry["wall_seconds"]
+            logger.info(
+                "%s: %.1f s, %.0f MB", tool, process["wall_seconds"], process["peak_rss_mb"]
+            )
     return result
 
 
@@ -543,6 +581,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep at most N cells of each condition (quick tests only)")  # fmt: skip
     parser.add_argument("--annotate-cells", type=int, default=100_000,
                         help="cells of the annotation throughput store; 0 skips part 2")  # fmt: skip
+    parser.add_argument("--annotate-repeats", type=int, default=3,
+                        help="rounds of part 2 (each tool's figures are medians)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
     parser.add_argument("--resume", action="store_true", help="skip runs already recorded")
@@ -555,9 +595,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_setup(args: argparse.Namespace) -> None:
     """Refuse to start when a peer's venv is missing or the cells are too few for it."""
-    for tool in args.tools:
-        if not VENVS[tool].exists():
-            raise SystemExit(f"{VENVS[tool]} missing: run `bash benchmarks/peers/setup.sh` first")
+    pythons = [VENVS[tool] for tool in args.tools] + ([OURS_BASE] if args.annotate_cells else [])
+    for python in pythons:
+        if not python.exists():
+            raise SystemExit(f"{python} missing: run `bash benchmarks/peers/setup.sh` first")
     if "original" in args.tools and args.max_cells and args.max_cells < MIN_CELLS_ORIGINAL:
         raise SystemExit(
             f"--max-cells {args.max_cells}: the original scNym needs at least "
@@ -600,7 +641,7 @@ def run_part2(args: argparse.Namespace, results: dict) -> None:
         logger.info("annotation of %s cells: recorded, skipped", key)
         return
     results["annotation"][key] = annotation_benchmark(
-        args.workdir, args.annotate_cells, args.seeds[0], args.timeout
+        args.workdir, args.annotate_cells, args.seeds[0], args.timeout, args.annotate_repeats
     )
     results["invocations"][-1]["ran"].append(f"annotation/{key}")
     save_results(results, args.out)

@@ -3,6 +3,8 @@
 #   benchmarks/peers/.venv-scnym032  the original scNym 0.3.2 (its 2020 pins no longer
 #                                    install; this recipe works with Python 3.11)
 #   benchmarks/peers/.venv-celltypist CellTypist 1.7.1 (with scikit-learn < 1.8)
+#   benchmarks/peers/.venv-ours-base  this project's base install (torch-free, no extras),
+#                                    editable: what `scnym annotate` runs in in production
 # Usage: bash benchmarks/peers/setup.sh   (idempotent; a venv that imports is kept)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -26,3 +28,14 @@ if ! "$HERE/.venv-celltypist/bin/python" -c "$CT_CHECK" 2>/dev/null; then
   "$HERE/.venv-celltypist/bin/pip" install -q celltypist==1.7.1 "scikit-learn<1.8" psutil
 fi
 "$HERE/.venv-celltypist/bin/python" -c "import celltypist; print('celltypist', celltypist.__version__)"
+
+# Our annotation runs from the base install, as in production (no torch, no dask).
+if ! "$HERE/.venv-ours-base/bin/python" -c "import scnym.infer" 2>/dev/null; then
+  "$PY" -m venv "$HERE/.venv-ours-base"
+  "$HERE/.venv-ours-base/bin/pip" install -q -e "$HERE/../.."
+fi
+if "$HERE/.venv-ours-base/bin/python" -c "import torch" 2>/dev/null; then
+  echo "the base install pulled torch" >&2
+  exit 1
+fi
+"$HERE/.venv-ours-base/bin/python" -c "import scnym; print('scnym (base install)', scnym.__version__)"
