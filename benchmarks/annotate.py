@@ -34,6 +34,7 @@ import zarr
 from anndata.io import sparse_dataset, write_elem
 from kang import load_kang
 from scipy import sparse
+from scnym.infer.store import DEFAULT_BLOCK_ROWS
 
 BLOCK = 5000
 
@@ -139,7 +140,8 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="trained model directory")
     parser.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=DEFAULT_BLOCK_ROWS,
+                        help="rows per block (default: scnym annotate's)")  # fmt: skip
     parser.add_argument("--torch-max-cells", type=int, default=1_000_000)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scnym_annotate_"))

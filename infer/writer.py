@@ -85,10 +85,11 @@ def _obs_columns(
     labels = pd.Categorical.from_codes(predicted, categories=classes)
     columns: dict[str, object] = {key_added: labels, f"{key_added}_confidence": confidence}
     if unknown_threshold is not None:
-        unknown = np.asarray(labels.astype(str), dtype=object)
-        unknown[confidence < unknown_threshold] = UNKNOWN_LABEL
+        # codes, not strings: per-cell string arrays were most of the memory that grew
+        # with the number of cells
+        codes = np.where(confidence < unknown_threshold, len(classes), predicted)
         categories = [*classes, UNKNOWN_LABEL]
-        columns[f"{key_added}_unknown"] = pd.Categorical(unknown, categories=categories)
+        columns[f"{key_added}_unknown"] = pd.Categorical.from_codes(codes, categories=categories)
     return columns
 
 
@@ -131,7 +132,7 @@ def write_results(
         for key in partial.wide.keys
     }
     record = {**record, "classes": list(classes), "key_added": key_added}
-    labels = np.asarray(columns[key_added].astype(str))
+    labels = np.asarray(columns[key_added])  # object array sharing the class-name strings
 
     if output is None:
         _write_into(reader.root, columns, wide, record)
