@@ -1,8 +1,8 @@
 """Stream an AnnData store through an exported scNym model, block by block.
 
 Peak memory depends on the block size, not on the number of cells: blocks are
-read (the next one in a background thread while the current one computes),
-classified, and their results kept on disk in a partial-results folder beside
+read and encoded (the next ones in background threads while onnxruntime runs
+the current one), classified, and their results kept on disk in a partial-results folder beside
 the store (:mod:`.partial`), so an interrupted run resumes without recomputing.
 The results enter the store once, when every block is done.
 """
