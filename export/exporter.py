@@ -17,9 +17,9 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 from scipy import sparse
-from scnym.fileio import write_atomically
+from scnym.infer.fileio import write_atomically
+from scnym.infer.preprocessing import detect_input_kind, gene_index_map
 from scnym.modeldir import ModelBundle, load_model_dir
-from scnym.preprocessing import detect_input_kind, gene_index_map
 
 from .graph import DEFAULT_OPSET, InputMode, ScnymGraph, to_onnx
 from .metadata import attach_metadata, build_metadata

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import torch
 from scnym import __version__
+from scnym.infer.preprocessing import TARGET_SUM
 from scnym.modeldir import ModelBundle
-from scnym.preprocessing import TARGET_SUM
 
 #: Layout version of the metadata (read back by ``scnym.infer.model``).
 FORMAT_VERSION = 1

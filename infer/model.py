@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +14,30 @@ import onnxruntime as ort
 META_PREFIX = "scnym."
 #: Metadata layout version this reader understands.
 FORMAT_VERSION = 1
+#: Where a model runs: ``'auto'`` takes CUDA when onnxruntime has it.
+Device = Literal["cpu", "cuda", "auto"]
+
+
+def resolve_providers(device: Device = "cpu") -> list[str]:
+    """onnxruntime execution providers for ``device``.
+
+    Raises
+    ------
+    ValueError
+        If CUDA is asked for and onnxruntime has no CUDA provider.
+    """
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise ValueError(
+            "device='cuda' needs onnxruntime's CUDA provider, which is not installed "
+            f"(available: {available}). Install it with `pip install 'scnym[gpu]'` "
+            "(onnxruntime-gpu, in place of onnxruntime) or use --device cpu."
+        )
+    return ["CPUExecutionProvider"]
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

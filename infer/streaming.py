@@ -22,10 +22,10 @@ import numpy as np
 import onnxruntime as ort
 from scipy import sparse
 from scnym import __version__
-from scnym.preprocessing import TARGET_SUM, detect_input_kind, gene_index_map
+from scnym.infer.preprocessing import TARGET_SUM, detect_input_kind, gene_index_map
 from tqdm.auto import tqdm
 
-from .model import OnnxModel
+from .model import Device, OnnxModel, resolve_providers
 from .partial import PartialResults, WideArrays, partial_folder
 from .store import StoreReader, aligned_block_rows, block_bounds, open_store
 
@@ -40,31 +40,8 @@ UNKNOWN_LABEL = "Unknown"
 #: a zarr store uses both cores while onnxruntime waits (100k Kang cells, median of
 #: 4: 7.0 vs 7.8 s from zarr, 5.6 vs 6.0 s from h5ad).
 READ_AHEAD = 2
-Device = Literal["cpu", "cuda", "auto"]
 #: A block as the model reads it: (dense input, each cell's total or None).
 ModelInputs = tuple[np.ndarray, "np.ndarray | None"]
-
-
-def resolve_providers(device: Device = "cpu") -> list[str]:
-    """onnxruntime execution providers for ``device``.
-
-    Raises
-    ------
-    ValueError
-        If CUDA is asked for and onnxruntime has no CUDA provider.
-    """
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise ValueError(
-            "device='cuda' needs onnxruntime's CUDA provider, which is not installed "
-            f"(available: {available}). Install it with `pip install 'scnym[gpu]'` "
-            "(onnxruntime-gpu, in place of onnxruntime) or use --device cpu."
-        )
-    return ["CPUExecutionProvider"]
 
 
 @dataclass

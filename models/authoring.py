@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from scnym.fileio import write_atomically
+from scnym.infer.fileio import write_atomically
 
 from .cache import ChecksumError, sha256_file
 from .registry import (

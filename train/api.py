@@ -501,7 +501,7 @@ def _onnx_file(trained_model: str) -> Path | None:
 def _predict_onnx(adata: anndata.AnnData, path: Path, key_added: str, device: str) -> None:
     """Predict torch-free with onnxruntime (``scnym.infer``), writing the usual keys."""
     from scnym.infer import OnnxModel, predict_matrix
-    from scnym.infer.streaming import resolve_providers
+    from scnym.infer.model import resolve_providers
 
     device = str(device)
     ort_device = "auto" if device == "auto" else "cuda" if device.startswith("cuda") else "cpu"

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from scnym.infer.preprocessing import TARGET_SUM
 
 from .model import CellTypeCLF
-from .preprocessing import TARGET_SUM
 
 WEIGHTS_FILE = "00_best_model_weights.pkl"
 RESULTS_FILE = "scnym_train_results.pkl"

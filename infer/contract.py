@@ -1,0 +1,93 @@
+"""The contract between training and production, in one place.
+
+An exported ONNX file is the only thing training hands to production. This
+module names what such a file holds (metadata keys and layout version, graph
+inputs and outputs, how gene identifiers are told apart) and the AnnData keys
+every part writes its results under. Training, export, the registry and
+annotation all read these names from here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+#: Prefix of the metadata keys scNym writes into ONNX ``metadata_props``.
+META_PREFIX = "scnym."
+#: Layout version of the metadata; readers refuse newer ones.
+FORMAT_VERSION = 1
+
+#: What a graph reads: raw counts and each cell's total, or log1p(CPM) values.
+InputMode = Literal["counts", "log1p_cpm"]
+INPUT_MODES: tuple[str, ...] = ("counts", "log1p_cpm")
+#: Graph input names of each input mode, in order.
+INPUT_NAMES: dict[str, tuple[str, ...]] = {
+    "counts": ("counts", "total_counts"),
+    "log1p_cpm": ("log1p_cpm",),
+}
+#: Graph output names, in order.
+OUTPUT_NAMES: tuple[str, str, str] = ("probabilities", "embedding", "predicted_class")
+
+#: An Ensembl gene ID (``ENSG00000141510``, ``ENSMUSG00000059552.3``).
+ENSEMBL_GENE_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+
+
+def gene_id_type(genes: Iterable[object]) -> Literal["ensembl", "symbol"]:
+    """``'ensembl'`` when most of ``genes`` are Ensembl gene IDs, else ``'symbol'``."""
+    names = [str(g) for g in genes]
+    hits = sum(bool(ENSEMBL_GENE_ID.match(g)) for g in names)
+    return "ensembl" if names and hits > len(names) / 2 else "symbol"
+
+
+#: Default name of the label column (``key_added``), as in scNym 0.3.2.
+DEFAULT_KEY_ADDED = "scNym"
+#: ``obsm`` key of the embedding (the penultimate layer).
+EMBEDDING_KEY = "X_scnym"
+#: ``uns`` key of in-memory prediction's probability table (scNym 0.3.2's).
+PROBABILITIES_UNS_KEY = "scNym_probabilities"
+#: ``uns`` key of the training results dict.
+TRAIN_RESULTS_KEY = "scNym_train_results"
+#: ``uns`` key of the record a streaming annotation run leaves.
+ANNOTATE_RECORD_KEY = "scNym_annotate"
+#: Label of cells whose confidence is below the threshold.
+UNKNOWN_LABEL = "Unknown"
+
+
+@dataclass(frozen=True)
+class ResultKeys:
+    """The AnnData keys of one set of predictions, named after ``key_added``.
+
+    Examples
+    --------
+    >>> ResultKeys("scNym").confidence
+    'scNym_confidence'
+    """
+
+    key_added: str = DEFAULT_KEY_ADDED
+
+    @property
+    def label(self) -> str:
+        """``obs`` column of the predicted cell type."""
+        return self.key_added
+
+    @property
+    def confidence(self) -> str:
+        """``obs`` column of the predicted type's probability."""
+        return f"{self.key_added}_confidence"
+
+    @property
+    def unknown(self) -> str:
+        """``obs`` column of the labels with low-confidence cells ``'Unknown'``."""
+        return f"{self.key_added}_unknown"
+
+    @property
+    def probabilities(self) -> str:
+        """``obsm`` key of the class probabilities (streaming annotation)."""
+        return f"{self.key_added}_probabilities"
+
+    @property
+    def embedding(self) -> str:
+        """``obsm`` key of the embedding (the same whatever ``key_added``)."""
+        return EMBEDDING_KEY
