@@ -2,11 +2,40 @@
 
 The ONNX file is the only contract between training and production: it holds
 the graph (normalisation included) and, in its metadata, the genes, classes,
-preprocessing, training summary and versions. Read it back with
+preprocessing, training summary and versions, under the names of
+:mod:`scnym.infer.contract`. Read it back with
 :func:`scnym.infer.model.read_metadata` (onnxruntime only).
+
+The public names load on first use: they need torch, which ``scnym inspect``
+(in :mod:`.commands`, beside ``scnym export``) does not.
 """
 
-from .exporter import ExportReport, ParityError, export_model
-from .graph import DEFAULT_OPSET, ScnymGraph
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "ExportReport": "exporter",
+    "ParityError": "exporter",
+    "export_model": "exporter",
+    "DEFAULT_OPSET": "graph",
+    "ScnymGraph": "graph",
+}
 
 __all__ = ["DEFAULT_OPSET", "ExportReport", "ParityError", "ScnymGraph", "export_model"]
+
+if TYPE_CHECKING:
+    from .exporter import ExportReport, ParityError, export_model
+    from .graph import DEFAULT_OPSET, ScnymGraph
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

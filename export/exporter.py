@@ -17,11 +17,12 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 from scipy import sparse
+from scnym.infer.contract import INPUT_NAMES, InputMode
 from scnym.infer.fileio import write_atomically
-from scnym.infer.preprocessing import detect_input_kind, gene_index_map
+from scnym.infer.preprocessing import TARGET_SUM, detect_input_kind, gene_index_map
 from scnym.modeldir import ModelBundle, load_model_dir
 
-from .graph import DEFAULT_OPSET, InputMode, ScnymGraph, to_onnx
+from .graph import DEFAULT_OPSET, ScnymGraph, to_onnx
 from .metadata import attach_metadata, build_metadata
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,14 @@ class CheckData:
     total_counts: np.ndarray
     source: str
 
-    def feeds(self, input_mode: InputMode) -> dict[str, np.ndarray]:
+    def feeds(self, input_mode: InputMode, target_sum: float) -> dict[str, np.ndarray]:
+        """The graph's inputs for these cells, by input name."""
         if input_mode == "counts":
-            return {"counts": self.counts, "total_counts": self.total_counts}
-        scale = 1e6 / np.maximum(self.total_counts, 1e-12)
-        return {"log1p_cpm": np.log1p(self.counts * scale[:, None]).astype(np.float32)}
+            values = (self.counts, self.total_counts)
+        else:
+            scale = target_sum / np.maximum(self.total_counts, 1e-12)
+            values = (np.log1p(self.counts * scale[:, None]).astype(np.float32),)
+        return dict(zip(INPUT_NAMES[input_mode], values, strict=True))
 
 
 @dataclass
@@ -96,7 +100,7 @@ def check_data_from_adata(bundle: ModelBundle, adata: anndata.AnnData, source: s
     X = sparse.csr_matrix(X, dtype=np.float32)
     if kind == "log1p_cpm":
         X = X.copy()
-        np.expm1(X.data, out=X.data)  # CPM values: counts at a depth of 1e6
+        np.expm1(X.data, out=X.data)  # CPM values: counts at the CPM depth
     total = np.asarray(X.sum(axis=1)).ravel().astype(np.float32)
     index = gene_index_map(adata.var_names, bundle.gene_names)
     if (index < 0).all():
@@ -109,7 +113,7 @@ def check_data_from_adata(bundle: ModelBundle, adata: anndata.AnnData, source: s
 
 
 def _torch_outputs(graph: ScnymGraph, data: CheckData):
-    feeds = data.feeds(graph.input_mode)
+    feeds = data.feeds(graph.input_mode, graph.target_sum)
     outs = []
     graph.eval()
     with torch.no_grad():
@@ -119,12 +123,9 @@ def _torch_outputs(graph: ScnymGraph, data: CheckData):
     return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
 
 
-def _onnx_outputs(model_bytes: bytes, data: CheckData, input_mode: InputMode, threads=None):
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    feeds = data.feeds(input_mode)
+def _onnx_outputs(model_bytes: bytes, data: CheckData, graph: ScnymGraph):
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    feeds = data.feeds(graph.input_mode, graph.target_sum)
     outs = []
     for start in range(0, len(data.counts), CHECK_BATCH):
         outs.append(
@@ -188,6 +189,7 @@ def export_model(
     check: str | Path | anndata.AnnData | None = None,
     input_mode: InputMode = "counts",
     force: bool = False,
+    measure_speed: bool = False,
 ) -> ExportReport:
     """Export a trained model directory to an ONNX file carrying its metadata.
 
@@ -214,6 +216,9 @@ def export_model(
         or ``'log1p_cpm'``.
     force
         Write an fp16/int8 file even below the agreement threshold (with a warning).
+    measure_speed
+        Also time onnxruntime and torch on the check cells (``report.onnx_cells_per_s``,
+        ``report.torch_cells_per_s``; NaN otherwise).
 
     Returns
     -------
@@ -227,17 +232,11 @@ def export_model(
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"precision must be fp32, fp16 or int8, not {precision!r}")
     bundle = load_model_dir(model_dir)
-    target_sum = float(bundle.manifest.get("preprocessing", {}).get("target_sum", 1e6))
+    target_sum = float(bundle.manifest.get("preprocessing", {}).get("target_sum", TARGET_SUM))
     graph = ScnymGraph(bundle.model, input_mode, target_sum)
     proto = to_onnx(graph, opset)
     onnx.checker.check_model(proto)
-
-    if check is None:
-        data = synthetic_check_data(bundle)
-    elif isinstance(check, anndata.AnnData):
-        data = check_data_from_adata(bundle, check, "check AnnData")
-    else:
-        data = check_data_from_adata(bundle, anndata.read_h5ad(check), str(check))
+    data = _check_data(bundle, check)
     report = ExportReport(
         path=None,
         precision=precision,
@@ -245,9 +244,46 @@ def export_model(
         check_source=data.source,
         n_check_cells=len(data.counts),
     )
+    fp32 = _check_parity(graph, proto, data, report, model_dir)
+    final = proto
+    if precision != "fp32":
+        final = _to_fp16(proto) if precision == "fp16" else _to_int8(proto)
+        _check_agreement(final, graph, data, fp32, report, force)
+    else:
+        report.argmax_agreement_fp32 = 1.0
 
+    attach_metadata(final, build_metadata(bundle, input_mode, precision, opset))
+    model_bytes = final.SerializeToString()
+    write_atomically(Path(output), model_bytes)
+    report.path = Path(output)
+    report.size_bytes = len(model_bytes)
+    if measure_speed:
+        _measure_speed(report, graph, model_bytes, data)
+    logger.info("exported %s: %s", output, report)
+    return report
+
+
+def _check_data(bundle: ModelBundle, check: str | Path | anndata.AnnData | None) -> CheckData:
+    """The cells of the parity check: ``check``'s, else synthetic counts."""
+    if check is None:
+        return synthetic_check_data(bundle)
+    if isinstance(check, anndata.AnnData):
+        return check_data_from_adata(bundle, check, "check AnnData")
+    return check_data_from_adata(bundle, anndata.read_h5ad(check), str(check))
+
+
+def _check_parity(
+    graph: ScnymGraph, proto: onnx.ModelProto, data: CheckData, report: ExportReport, model_dir
+) -> list[np.ndarray]:
+    """Compare the fp32 graph with torch; returns its outputs.
+
+    Raises
+    ------
+    ParityError
+        If a probability, an embedding value or a prediction differs beyond the tolerances.
+    """
     reference = _torch_outputs(graph, data)
-    fp32 = _onnx_outputs(proto.SerializeToString(), data, input_mode)
+    fp32 = _onnx_outputs(proto.SerializeToString(), data, graph)
     report.max_prob_diff = float(np.abs(fp32[0] - reference[0]).max())
     report.max_embed_diff = float(np.abs(fp32[1] - reference[1]).max())
     report.argmax_agreement_torch = float(np.mean(fp32[2] == reference[2]))
@@ -264,36 +300,46 @@ def export_model(
             + "; ".join(failures)
             + ". Nothing was written."
         )
+    return fp32
 
-    final = proto
-    if precision != "fp32":
-        final = _to_fp16(proto) if precision == "fp16" else _to_int8(proto)
-        variant = _onnx_outputs(final.SerializeToString(), data, input_mode)
-        report.argmax_agreement_fp32 = float(np.mean(variant[2] == fp32[2]))
-        if report.argmax_agreement_fp32 < MIN_AGREEMENT:
-            message = (
-                f"{precision} predictions agree with fp32 on {report.argmax_agreement_fp32:.2%} "
-                f"of {data.source} cells (< {MIN_AGREEMENT:.1%})"
-            )
-            if not force:
-                raise ParityError(message + ". Nothing was written (use force to override).")
-            warnings.warn(message + "; written anyway because force was given", stacklevel=2)
-            report.notes.append(message)
-    else:
-        report.argmax_agreement_fp32 = 1.0
 
-    attach_metadata(final, build_metadata(bundle, input_mode, precision, opset))
-    model_bytes = final.SerializeToString()
-    write_atomically(Path(output), model_bytes)
-    report.path = Path(output)
-    report.size_bytes = len(model_bytes)
+def _check_agreement(
+    variant: onnx.ModelProto,
+    graph: ScnymGraph,
+    data: CheckData,
+    fp32: list[np.ndarray],
+    report: ExportReport,
+    force: bool,
+) -> None:
+    """Require an fp16/int8 variant to predict as fp32 does on ``MIN_AGREEMENT`` of the cells.
 
-    feeds = data.feeds(input_mode)
+    Raises
+    ------
+    ParityError
+        Below the agreement, unless ``force`` (then a warning).
+    """
+    outputs = _onnx_outputs(variant.SerializeToString(), data, graph)
+    report.argmax_agreement_fp32 = float(np.mean(outputs[2] == fp32[2]))
+    if report.argmax_agreement_fp32 >= MIN_AGREEMENT:
+        return
+    message = (
+        f"{report.precision} predictions agree with fp32 on {report.argmax_agreement_fp32:.2%} "
+        f"of {data.source} cells (< {MIN_AGREEMENT:.1%})"
+    )
+    if not force:
+        raise ParityError(message + ". Nothing was written (use force to override).")
+    warnings.warn(message + "; written anyway because force was given", stacklevel=3)
+    report.notes.append(message)
+
+
+def _measure_speed(
+    report: ExportReport, graph: ScnymGraph, model_bytes: bytes, data: CheckData
+) -> None:
+    """Best-of-3 cells/s of onnxruntime and torch on the check cells, into ``report``."""
+    feeds = data.feeds(graph.input_mode, graph.target_sum)
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     report.onnx_cells_per_s = _cells_per_s(lambda: session.run(None, feeds), len(data.counts))
     tensors = [torch.from_numpy(v) for v in feeds.values()]
     graph.eval()
     with torch.no_grad():
         report.torch_cells_per_s = _cells_per_s(lambda: graph(*tensors), len(data.counts))
-    logger.info("exported %s: %s", output, report)
-    return report

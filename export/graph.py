@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Literal
 
 import onnx
 import torch
+from scnym.infer.contract import INPUT_NAMES, OUTPUT_NAMES, InputMode
 from scnym.model import CellTypeCLF
 from torch import nn
 
-InputMode = Literal["counts", "log1p_cpm"]
 #: ONNX opset the graph is exported with unless asked otherwise.
 DEFAULT_OPSET = 17
-INPUT_NAMES = {"counts": ["counts", "total_counts"], "log1p_cpm": ["log1p_cpm"]}
-OUTPUT_NAMES = ["probabilities", "embedding", "predicted_class"]
 
 
 class ScnymGraph(nn.Module):
@@ -58,8 +55,9 @@ class ScnymGraph(nn.Module):
 
 def to_onnx(graph: ScnymGraph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Trace ``graph`` to an ONNX model with a dynamic batch axis."""
-    inputs = INPUT_NAMES[graph.input_mode]
-    dynamic = {name: {0: "cells"} for name in inputs + OUTPUT_NAMES}
+    inputs = list(INPUT_NAMES[graph.input_mode])
+    outputs = list(OUTPUT_NAMES)
+    dynamic = {name: {0: "cells"} for name in inputs + outputs}
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -68,7 +66,7 @@ def to_onnx(graph: ScnymGraph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
             graph.example_inputs(),
             buffer,
             input_names=inputs,
-            output_names=OUTPUT_NAMES,
+            output_names=outputs,
             dynamic_axes=dynamic,
             opset_version=opset,
             do_constant_folding=True,

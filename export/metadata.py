@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from scnym import __version__
+from scnym.infer.contract import FORMAT_VERSION, META_PREFIX, gene_id_type
 from scnym.infer.preprocessing import TARGET_SUM
 from scnym.modeldir import ModelBundle
-
-#: Layout version of the metadata (read back by ``scnym.infer.model``).
-FORMAT_VERSION = 1
-META_PREFIX = "scnym."
-_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
-
-
-def gene_id_type(genes: list[str]) -> str:
-    """``'ensembl'`` when most gene names are Ensembl gene IDs, else ``'symbol'``."""
-    if not genes:
-        return "symbol"
-    hits = sum(bool(_ENSEMBL.match(g)) for g in genes)
-    return "ensembl" if hits > len(genes) / 2 else "symbol"
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

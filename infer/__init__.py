@@ -1,4 +1,4 @@
-"""Torch-free annotation with exported scNym models (onnxruntime only).
+"""Torch-free annotation with exported scNym models (onnxruntime only): the base layer.
 
 :func:`annotate` streams an AnnData store (zarr v2/v3 or h5ad, local or an
 fsspec URL) block by block through an ONNX model written by ``scnym export``
@@ -6,11 +6,27 @@ and writes ``obs[key_added]``, ``obs[key_added + '_confidence']`` and
 ``obsm['X_scnym']`` back. :func:`predict_matrix` classifies a matrix already in
 memory (an AnnData's ``X``) with the same gene mapping. :class:`OnnxModel`
 runs a model on arrays.
+
+Everything else in scnym may use this package; it uses nothing of training,
+export or the registry. Its public names load on first use, so that its light
+modules (:mod:`.contract`, :mod:`.fileio`, :mod:`.preprocessing`) import without
+onnxruntime or anndata.
 """
 
-from .memory import MatrixPrediction, predict_matrix
-from .model import OnnxModel, read_metadata
-from .streaming import AnnotationResult, annotate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "AnnotationResult": "annotation",
+    "annotate": "annotation",
+    "MatrixPrediction": "memory",
+    "predict_matrix": "memory",
+    "OnnxModel": "model",
+    "read_metadata": "model",
+}
 
 __all__ = [
     "AnnotationResult",
@@ -20,3 +36,18 @@ __all__ = [
     "predict_matrix",
     "read_metadata",
 ]
+
+if TYPE_CHECKING:
+    from .annotation import AnnotationResult, annotate
+    from .memory import MatrixPrediction, predict_matrix
+    from .model import OnnxModel, read_metadata
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from tqdm.auto import tqdm
-
+from .blocks import BlockEncoder, BlockPlan
+from .compute import progress_bar
 from .model import OnnxModel
 from .partial import PartialResults
 from .store import open_store
-from .streaming import BlockEncoder, BlockPlan, run_block
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ def _classify(store, model_path, layer, gene_key, threads, plan: BlockPlan, star
     reader, model, encoder = _OPENED[key]
     if encoder is None or encoder.plan is not plan:
         encoder = _OPENED[key][2] = BlockEncoder(plan)
-    return start, run_block(model, reader.read_rows(start, stop), plan, encoder)
+    return start, encoder.run(model, reader.read_rows(start, stop))
 
 
 def compute_blocks_distributed(
@@ -57,7 +56,7 @@ def compute_blocks_distributed(
         raise ValueError(
             "--workers/--scheduler need dask.distributed: pip install 'scnym[distributed]'"
         ) from err
-    todo = [(a, b) for a, b in plan.bounds if not partial.done(a)]
+    todo = partial.missing(plan.bounds)
     if scheduler:
         client, cluster = Client(scheduler), None
     else:
@@ -83,11 +82,7 @@ def compute_blocks_distributed(
             for a, b in todo
         ]
         sizes = dict(todo)
-        bar = tqdm(
-            total=sum(b - a for a, b in plan.bounds),
-            initial=sum(b - a for a, b in plan.bounds) - sum(b - a for a, b in todo),
-            unit="cells", unit_scale=True, desc="Annotating (dask)", disable=not progress,
-        )  # fmt: skip
+        bar = progress_bar(plan.bounds, todo, "Annotating (dask)", progress)
         for future in as_completed(futures):
             start, arrays = future.result()
             partial.save(start, arrays)

@@ -1,10 +1,20 @@
-"""Atomic file writes (torch-free): a reader never sees a half-written file."""
+"""Where files are: fsspec URLs told from local paths, and atomic writes of local files."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
+
+#: ``scheme://`` at the start of a location: any fsspec protocol (``s3``, ``gs``,
+#: ``abfs``, ``https``, ``memory``, ``file``, ...), not a fixed list.
+_URL = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    """Whether ``location`` is an fsspec URL (``scheme://...``) rather than a local path."""
+    return isinstance(location, str) and bool(_URL.match(location))
 
 
 def write_atomically(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> Path:

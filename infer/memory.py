@@ -17,9 +17,9 @@ import pandas as pd
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .blocks import DEFAULT_MIN_GENE_OVERLAP, BlockEncoder, GeneCoverage, plan_blocks
 from .model import OnnxModel
 from .store import DEFAULT_BLOCK_ROWS, StoreReader
-from .streaming import DEFAULT_MIN_GENE_OVERLAP, BlockEncoder, GeneCoverage, plan_blocks
 
 
 @dataclass

@@ -10,10 +10,9 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-#: Prefix of the metadata keys scNym writes into ONNX ``metadata_props``.
-META_PREFIX = "scnym."
-#: Metadata layout version this reader understands.
-FORMAT_VERSION = 1
+from .contract import FORMAT_VERSION, INPUT_NAMES, META_PREFIX, OUTPUT_NAMES
+from .preprocessing import TARGET_SUM
+
 #: Where a model runs: ``'auto'`` takes CUDA when onnxruntime has it.
 Device = Literal["cpu", "cuda", "auto"]
 
@@ -113,6 +112,7 @@ class OnnxModel:
         self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
     ) -> None:
         self.path = Path(path)
+        self.threads = threads
         self.session = _session(path, providers or ["CPUExecutionProvider"], threads)
         self.metadata = _metadata(self.session, path)
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -125,6 +125,11 @@ class OnnxModel:
     @property
     def classes(self) -> list[str]:
         return self.metadata["classes"]
+
+    @property
+    def target_sum(self) -> float:
+        """Counts per cell of the CPM scale the model reads."""
+        return float(self.metadata["preprocessing"].get("target_sum", TARGET_SUM))
 
     @property
     def input_mode(self) -> str:
@@ -147,13 +152,9 @@ class OnnxModel:
         if self.input_mode == "counts":
             if total_counts is None:
                 total_counts = x.sum(axis=1)
-            feeds = {
-                "counts": x,
-                "total_counts": np.ascontiguousarray(total_counts, dtype=np.float32).reshape(-1),
-            }
+            total = np.ascontiguousarray(total_counts, dtype=np.float32).reshape(-1)
+            feeds = dict(zip(INPUT_NAMES["counts"], (x, total), strict=True))
         else:
-            feeds = {"log1p_cpm": x}
-        probabilities, embedding, predicted = self.session.run(
-            ["probabilities", "embedding", "predicted_class"], feeds
-        )
+            feeds = dict(zip(INPUT_NAMES["log1p_cpm"], (x,), strict=True))
+        probabilities, embedding, predicted = self.session.run(list(OUTPUT_NAMES), feeds)
         return Prediction(probabilities, embedding, predicted)

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from .store import is_url
+from .fileio import is_url
 
 #: Per-block results kept in the block files (the rest are wide arrays or dropped).
 NARROW_KEYS = ("predicted", "confidence")
@@ -130,6 +130,10 @@ class PartialResults:
 
     def done(self, start: int) -> bool:
         return self.path(start).exists()
+
+    def missing(self, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The blocks of ``bounds`` that are not done yet."""
+        return [(start, stop) for start, stop in bounds if not self.done(start)]
 
     def save(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Keep a block's results: wide arrays first, then the block file (atomically).

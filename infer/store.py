@@ -19,17 +19,13 @@ import zarr
 from anndata.io import read_elem, sparse_dataset
 from scipy import sparse
 
+from .fileio import is_url
+
 #: Rows per block when the store's chunking gives no better hint. The dense input
 #: block dominates peak memory (rows x model genes x 4 bytes: 58 MB at 14k genes):
 #: annotating 100k Kang cells took 435 MB at 1,024 rows vs 1,097 MB at 4,096, for
 #: about 10-15 % fewer cells/s (raise it with ``batch_size``).
 DEFAULT_BLOCK_ROWS = 1024
-_URL_SCHEMES = ("s3://", "gs://", "gcs://", "https://", "http://", "memory://", "file://", "az://")
-
-
-def is_url(store: str | os.PathLike) -> bool:
-    """Whether ``store`` is an fsspec URL rather than a local path."""
-    return isinstance(store, str) and store.startswith(_URL_SCHEMES)
 
 
 def is_h5ad(store: str | os.PathLike) -> bool:
@@ -50,6 +46,8 @@ class StoreReader:
         The backed matrix: an anndata ``CSRDataset`` or a zarr/h5py array.
     var_names
         Gene identifiers (``var`` index, or ``var[gene_key]``).
+    layer, gene_key
+        What it was opened with (None: ``X``, the ``var`` index).
     """
 
     location: str
@@ -60,6 +58,8 @@ class StoreReader:
     chunk_rows: int
     is_sparse: bool
     writable: bool
+    layer: str | None = None
+    gene_key: str | None = None
     _h5: h5py.File | None = field(default=None, repr=False)
     #: A CSR element's (indptr, indices, data) arrays, read directly (see ``read_rows``).
     _csr: tuple[Any, Any, Any] | None = field(default=None, repr=False)
@@ -151,22 +151,48 @@ def open_store(
     try:
         root, can_write = _open_root(location, mode)
     except PermissionError:
-        root, can_write = _open_root(location, "r")
+        root, can_write = _open_root(location, "r")  # read-only: results need --output
     except Exception as err:  # zarr/h5py raise several types for unreadable stores
         raise ValueError(f"Cannot open {location} as an AnnData store: {err}") from err
-    h5 = root if isinstance(root, h5py.File) else None
+    element, name = _matrix_element(root, location, layer)
+    matrix, csr, chunk_rows = _backed_matrix(element, location, name)
+    return StoreReader(
+        location=location,
+        root=root,
+        matrix=matrix,
+        var_names=_var_names(root, gene_key),
+        n_obs=int(matrix.shape[0]),
+        chunk_rows=chunk_rows,
+        is_sparse=csr is not None,
+        writable=can_write,
+        layer=layer,
+        gene_key=gene_key,
+        _h5=root if isinstance(root, h5py.File) else None,
+        _csr=csr,
+    )
 
+
+def _matrix_element(root, location: str, layer: str | None):
+    """The element of ``X`` or ``layers[layer]``, and its name."""
     if layer is None:
         if "X" not in root:
             raise ValueError(f"{location} has no X matrix; pass --layer to read a layer")
-        element, name = root["X"], "X"
-    else:
-        layers = root["layers"] if "layers" in root else {}
-        if layer not in layers:
-            available = list(layers.keys()) if hasattr(layers, "keys") else []
-            raise ValueError(f"{location} has no layer {layer!r}; layers: {available}")
-        element, name = layers[layer], f"layers/{layer}"
+        return root["X"], "X"
+    layers = root["layers"] if "layers" in root else {}
+    if layer not in layers:
+        available = list(layers.keys()) if hasattr(layers, "keys") else []
+        raise ValueError(f"{location} has no layer {layer!r}; layers: {available}")
+    return layers[layer], f"layers/{layer}"
 
+
+def _backed_matrix(element, location: str, name: str):
+    """(backed matrix, CSR arrays or None, rows per chunk) of a CSR or dense element.
+
+    Raises
+    ------
+    ValueError
+        If the element is CSC.
+    """
     encoding = _encoding(element)
     if encoding == "csc_matrix":
         raise ValueError(
@@ -174,41 +200,23 @@ def open_store(
             "pathologically slow. Convert it once to CSR, e.g. "
             "`adata = anndata.read_zarr(path); adata.X = adata.X.tocsr(); adata.write_zarr(new_path)`"
         )
-    if encoding == "csr_matrix":
-        matrix = sparse_dataset(element)
-        is_sparse = True
-        data = element["data"]
-        csr = (element["indptr"], element["indices"], data)
-        per_row = max(int(data.shape[0]) // max(int(matrix.shape[0]), 1), 1)
-        chunk_rows = max(_chunk_length(data) // per_row, 1)
-    else:
-        matrix = element
-        is_sparse = False
-        csr = None
-        chunk_rows = _chunk_length(element)
+    if encoding != "csr_matrix":
+        return element, None, _chunk_length(element)
+    matrix = sparse_dataset(element)
+    data = element["data"]
+    per_row = max(int(data.shape[0]) // max(int(matrix.shape[0]), 1), 1)
+    chunk_rows = max(_chunk_length(data) // per_row, 1)
+    return matrix, (element["indptr"], element["indices"], data), chunk_rows
 
+
+def _var_names(root, gene_key: str | None) -> pd.Index:
+    """Gene identifiers: the ``var`` index, or ``var[gene_key]``."""
     var = read_elem(root["var"])
     if gene_key is None:
-        var_names = pd.Index(var.index.astype(str))
-    elif gene_key in var.columns:
-        var_names = pd.Index(var[gene_key].astype(str))
-    else:
-        raise ValueError(
-            f"--gene-key {gene_key!r} is not a var column; columns: {list(var.columns)}"
-        )
-    n_obs = int(matrix.shape[0])
-    return StoreReader(
-        location=location,
-        root=root,
-        matrix=matrix,
-        var_names=var_names,
-        n_obs=n_obs,
-        chunk_rows=chunk_rows,
-        is_sparse=is_sparse,
-        writable=can_write,
-        _h5=h5,
-        _csr=csr,
-    )
+        return pd.Index(var.index.astype(str))
+    if gene_key in var.columns:
+        return pd.Index(var[gene_key].astype(str))
+    raise ValueError(f"--gene-key {gene_key!r} is not a var column; columns: {list(var.columns)}")
 
 
 def _chunk_length(array) -> int:
@@ -242,7 +250,6 @@ __all__ = [
     "StoreReader",
     "aligned_block_rows",
     "block_bounds",
-    "is_url",
     "open_store",
     "read_obs_names",
 ]

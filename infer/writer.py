@@ -20,12 +20,43 @@ import pandas as pd
 import zarr
 from anndata.io import write_elem
 
+from .blocks import BlockPlan
+from .contract import ANNOTATE_RECORD_KEY, UNKNOWN_LABEL, ResultKeys
 from .partial import PartialResults
 from .store import StoreReader, read_obs_names
-from .streaming import UNKNOWN_LABEL, BlockPlan
 
-#: obsm name of each wide result (``{key_added}`` is filled in).
-OBSM_NAMES = {"embedding": "X_scnym", "probabilities": "{key_added}_probabilities"}
+#: Output kinds of ``--output`` (an AnnData, or the obs columns as a table).
+OUTPUT_SUFFIXES = (".zarr", ".h5ad", ".parquet", ".csv")
+
+
+def check_output(output: str | None) -> None:
+    """Refuse an ``--output`` of unknown kind, or parquet without pyarrow, before any work."""
+    if output is None:
+        return
+    suffix = Path(output).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output must end in .zarr, .h5ad, .parquet or .csv, not {output!r}")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as err:
+            raise ValueError("parquet output needs pyarrow: pip install 'scnym[parquet]'") from err
+
+
+def check_writable(reader: StoreReader, output: str | None) -> None:
+    """Refuse to annotate a remote or read-only store in place."""
+    if output is None and not reader.writable:
+        raise ValueError(
+            f"{reader.location} is remote or read-only: pass --output to write the results "
+            "elsewhere"
+        )
+
+
+def wide_keys(output: str | None, write_probabilities: bool) -> tuple[str, ...]:
+    """The per-cell arrays the output keeps (parquet and csv keep obs columns only)."""
+    if output is not None and Path(output).suffix.lower() in (".parquet", ".csv"):
+        return ()
+    return ("embedding", "probabilities") if write_probabilities else ("embedding",)
 
 
 def destination_zarr_format(reader: StoreReader, output: str | None) -> int:
@@ -82,14 +113,15 @@ def _obs_columns(
     key_added: str,
     unknown_threshold: float | None,
 ) -> dict[str, object]:
+    keys = ResultKeys(key_added)
     labels = pd.Categorical.from_codes(predicted, categories=classes)
-    columns: dict[str, object] = {key_added: labels, f"{key_added}_confidence": confidence}
+    columns: dict[str, object] = {keys.label: labels, keys.confidence: confidence}
     if unknown_threshold is not None:
         # codes, not strings: per-cell string arrays were most of the memory that grew
         # with the number of cells
         codes = np.where(confidence < unknown_threshold, len(classes), predicted)
         categories = [*classes, UNKNOWN_LABEL]
-        columns[f"{key_added}_unknown"] = pd.Categorical.from_codes(codes, categories=categories)
+        columns[keys.unknown] = pd.Categorical.from_codes(codes, categories=categories)
     return columns
 
 
@@ -110,7 +142,7 @@ def _write_into(group, columns, wide: dict[str, Path], record: dict) -> None:
     for name, source in wide.items():
         _place_array(obsm, name, source)
     uns = group["uns"] if "uns" in group else group.create_group("uns")
-    write_elem(uns, "scNym_annotate", _clean_record(record))
+    write_elem(uns, ANNOTATE_RECORD_KEY, _clean_record(record))
 
 
 def write_results(
@@ -127,10 +159,8 @@ def write_results(
     predicted = _gather(partial, plan, "predicted")
     confidence = _gather(partial, plan, "confidence")
     columns = _obs_columns(predicted, confidence, classes, key_added, unknown_threshold)
-    wide = {
-        OBSM_NAMES[key].format(key_added=key_added): partial.wide_path(key)
-        for key in partial.wide.keys
-    }
+    keys = ResultKeys(key_added)
+    wide = {getattr(keys, key): partial.wide_path(key) for key in partial.wide.keys}
     record = {**record, "classes": list(classes), "key_added": key_added}
     labels = np.asarray(columns[key_added])  # object array sharing the class-name strings
 
@@ -151,8 +181,6 @@ def write_results(
             json.dumps(_clean_record(record), indent=1)
         )
         return output, labels, confidence
-    if suffix not in (".zarr", ".h5ad"):
-        raise ValueError(f"--output must end in .zarr, .h5ad, .parquet or .csv, not {output!r}")
     results = anndata.AnnData(obs=pd.DataFrame(index=obs_names))
     if suffix == ".zarr":
         results.write_zarr(output)

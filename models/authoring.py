@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from scnym.infer.fileio import write_atomically
+from scnym.infer.contract import gene_id_type
+from scnym.infer.fileio import is_url, write_atomically
 
 from .cache import ChecksumError, sha256_file
 from .registry import (
@@ -26,20 +26,12 @@ from .registry import (
     RegistryEntry,
     RegistryError,
     default_registry_path,
-    is_url,
     parse_registry,
     read_registry_json,
 )
 
-_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 #: Fields read from the file itself, never passed by the caller.
 _FROM_FILE = ("sha256", "size_bytes", "n_genes", "classes")
-
-
-def guess_gene_id_type(genes: list[str]) -> str:
-    """``'ensembl'`` when most names are Ensembl gene IDs, else ``'symbol'``."""
-    hits = sum(bool(_ENSEMBL.match(str(g))) for g in genes)
-    return "ensembl" if genes and hits > len(genes) / 2 else "symbol"
 
 
 def _model_fields(path: Path) -> dict[str, Any]:
@@ -55,7 +47,7 @@ def _model_fields(path: Path) -> dict[str, Any]:
     fields = {
         "n_genes": len(meta["genes"]),
         "classes": list(meta["classes"]),
-        "gene_id_type": meta.get("gene_id_type") or guess_gene_id_type(meta["genes"]),
+        "gene_id_type": meta.get("gene_id_type") or gene_id_type(meta["genes"]),
         "trained_on": trained_on,
     }
     version = meta.get("producer", {}).get("version")
@@ -81,7 +73,7 @@ def _atlas_fields(path: Path, label_key: str | None) -> dict[str, Any]:
         return {
             "n_genes": atlas.n_vars,
             "classes": sorted(counts.index.tolist()),
-            "gene_id_type": guess_gene_id_type(genes),
+            "gene_id_type": gene_id_type(genes),
             "trained_on": {
                 "n_cells": atlas.n_obs,
                 "cells_per_class": {str(k): int(v) for k, v in sorted(counts.items())},

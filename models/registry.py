@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from scnym.infer.fileio import is_url
+
 #: Layout version of ``registry.json`` that this code reads and writes.
 SCHEMA_VERSION = 1
 #: File name of the packaged registry (beside this module).
@@ -33,16 +35,10 @@ Kind = Literal["model", "atlas"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_URL = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 
 
 class RegistryError(ValueError):
     """A registry file or entry is malformed, or a name is not in the registry."""
-
-
-def is_url(file: str) -> bool:
-    """Whether an entry's ``file`` is a URL (remote) rather than a path in the registry folder."""
-    return bool(_URL.match(file))
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ __version__ = "1.0.0.dev0"
 _SUBMODULES = {
     "api",
     "cli",
+    "commands",
     "config",
     "dataprep",
     "datasets",
     "export",
-    "fileio",
     "fitting",
     "infer",
     "interpret",

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from scipy import sparse
 from scnym.cli import main
 from scnym.infer import OnnxModel, annotate
+from scnym.infer.model import resolve_providers
 from scnym.infer.partial import PartialResults, partial_folder
-from scnym.infer.streaming import resolve_providers
 from torchless import run_cli_without_torch
 
 
@@ -269,7 +269,7 @@ def test_concurrent_run_is_refused(query, onnx_model, tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, sys
-    import scnym.infer.streaming as ann
+    import scnym.infer.compute as ann
     calls = {"n": 0}
     original = ann.classify_block
     def classify_block(*args, **kwargs):
@@ -278,7 +278,8 @@ KILL_SCRIPT = textwrap.dedent(
         calls["n"] += 1
         return original(*args, **kwargs)
     ann.classify_block = classify_block
-    ann.annotate(sys.argv[1], sys.argv[2], batch_size=40, progress=False)
+    from scnym.infer import annotate
+    annotate(sys.argv[1], sys.argv[2], batch_size=40, progress=False)
     """
 )
 
@@ -305,7 +306,7 @@ def test_resume_after_a_killed_run_gives_identical_results(
     with pytest.raises(RuntimeError, match="--resume"):
         annotate(store, onnx_model, batch_size=40, progress=False)
 
-    import scnym.infer.streaming as ann
+    import scnym.infer.compute as ann
 
     calls = []
     original = ann.classify_block

@@ -1,0 +1,191 @@
+"""The block layer: check a store against a model, cut it into blocks, encode and classify them.
+
+A store is read in row blocks aligned to its chunks (:func:`plan_blocks`); each
+block is turned into the model's dense input (:class:`BlockEncoder`: each cell's
+library size over all its genes, the model's genes picked and reordered) and
+classified by onnxruntime (:func:`classify_block`). Nothing here writes: what
+to do with the results is decided above, in :mod:`.compute` and
+:mod:`.annotation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+from .contract import gene_id_type
+from .model import OnnxModel
+from .preprocessing import TARGET_SUM, detect_input_kind, gene_index_map
+from .store import StoreReader, aligned_block_rows, block_bounds
+
+#: Default least fraction of the model's genes the store must hold.
+DEFAULT_MIN_GENE_OVERLAP = 0.5
+#: Rows sampled (spread over the store) to check the kind of data and the coverage.
+SAMPLE_ROWS = 2000
+#: A block as the model reads it: (dense input, each cell's total or None).
+ModelInputs = tuple[np.ndarray, "np.ndarray | None"]
+
+
+@dataclass
+class GeneCoverage:
+    """How much of the model's gene space the store covers."""
+
+    n_model_genes: int
+    n_found: int
+    counts_fraction: float
+
+    @property
+    def gene_fraction(self) -> float:
+        return self.n_found / max(self.n_model_genes, 1)
+
+
+@dataclass
+class BlockPlan:
+    """How a store is cut into blocks and mapped onto the model's genes."""
+
+    bounds: list[tuple[int, int]]
+    gene_index: np.ndarray  # store column of each model gene, -1 when missing
+    input_kind: str
+    coverage: GeneCoverage
+
+
+def _sample_rows(reader: StoreReader, n: int = SAMPLE_ROWS) -> sparse.csr_matrix:
+    """A few row ranges spread over the store (cheap on chunked storage)."""
+    ranges = 4
+    span = max(n // ranges, 1)
+    starts = np.linspace(0, max(reader.n_obs - span, 0), ranges).astype(int)
+    blocks = [reader.read_rows(int(s), min(int(s) + span, reader.n_obs)) for s in np.unique(starts)]
+    return sparse.vstack(blocks).tocsr()
+
+
+def _likely_cause(store_genes, model: OnnxModel) -> str:
+    store_ensembl = gene_id_type(store_genes[:200]) == "ensembl"
+    model_ensembl = model.metadata.get("gene_id_type") == "ensembl"
+    if store_ensembl != model_ensembl:
+        kinds = ("Ensembl IDs", "gene symbols")
+        return (
+            f"the store names genes by {kinds[0] if store_ensembl else kinds[1]} but the model by "
+            f"{kinds[0] if model_ensembl else kinds[1]}; pass --gene-key with a var column of "
+            f"{kinds[0] if model_ensembl else kinds[1]}"
+        )
+    upper = {g.upper() for g in store_genes}
+    if len(upper & {g.upper() for g in model.genes}) > 2 * len(set(store_genes) & set(model.genes)):
+        return "gene names match only ignoring case: the data may be from another species"
+    return "the data may be from another species or use another gene annotation"
+
+
+def plan_blocks(
+    reader: StoreReader,
+    model: OnnxModel,
+    block_rows: int | None = None,
+    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+) -> BlockPlan:
+    """Check the store against the model and cut it into chunk-aligned blocks.
+
+    Raises
+    ------
+    ValueError
+        For duplicate gene names, data that is neither counts nor log1p(CPM),
+        or a gene overlap below ``min_gene_overlap``.
+    """
+    if not reader.var_names.is_unique:
+        dupes = reader.var_names[reader.var_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"{reader.location} has duplicate gene names (e.g. {dupes}); make them unique "
+            "or pass --gene-key with a column of unique identifiers"
+        )
+    if reader.n_obs == 0:
+        raise ValueError(f"{reader.location} holds no cells")
+    gene_index = gene_index_map(reader.var_names, model.genes)
+    sample = _sample_rows(reader)
+    input_kind = detect_input_kind(sample, what=f"{reader.location} (sampled rows)")
+    if input_kind == "log1p_cpm":
+        sample = sample.copy()
+        np.expm1(sample.data, out=sample.data)
+    found = gene_index >= 0
+    total = float(sample.sum())
+    captured = float(sample[:, gene_index[found]].sum()) if found.any() else 0.0
+    coverage = GeneCoverage(len(model.genes), int(found.sum()), captured / max(total, 1e-12))
+    if coverage.gene_fraction < min_gene_overlap:
+        raise ValueError(
+            f"Only {coverage.n_found} of {coverage.n_model_genes} model genes "
+            f"({coverage.gene_fraction:.1%}) are in {reader.location} (minimum "
+            f"{min_gene_overlap:.0%}): {_likely_cause(reader.var_names, model)}. "
+            "Lower --min-gene-overlap (min_gene_overlap in Python) to proceed anyway."
+        )
+    rows = aligned_block_rows(reader.chunk_rows, block_rows)
+    return BlockPlan(block_bounds(reader.n_obs, rows), gene_index, input_kind, coverage)
+
+
+class BlockEncoder:
+    """Turns CSR blocks into the model's dense input.
+
+    The total of each cell is taken over all its genes; log1p(CPM) input is
+    turned back into counts per million. The model's genes are taken out of the
+    block by scipy's compiled CSR column indexing (O(nnz), 4x faster here than
+    scattering the stored values with numpy), then densified; genes the store
+    lacks stay zero. For a model that reads log1p(CPM), the normalisation runs
+    on the stored values only: over the dense block it took as long as the
+    model's first layer.
+    """
+
+    def __init__(self, plan: BlockPlan) -> None:
+        self.plan = plan
+        found = plan.gene_index >= 0
+        self.columns = plan.gene_index[found]
+        self.positions = None if found.all() else np.flatnonzero(found)
+
+    def _counts(self, block: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """The block's counts restricted to the model's genes, and each cell's total."""
+        block = sparse.csr_matrix(block, dtype=np.float32)
+        if self.plan.input_kind == "log1p_cpm":
+            block = block.copy()
+            np.expm1(block.data, out=block.data)
+        total = np.asarray(block.sum(axis=1), dtype=np.float32).ravel()
+        return block[:, self.columns], total
+
+    def _densify(self, selected: sparse.csr_matrix) -> np.ndarray:
+        if self.positions is None:
+            return selected.toarray()
+        dense = np.zeros((selected.shape[0], len(self.plan.gene_index)), dtype=np.float32)
+        dense[:, self.positions] = selected.toarray()
+        return dense
+
+    def encode(self, block: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Return (dense counts in the model's gene order, each cell's total)."""
+        selected, total = self._counts(block)
+        return self._densify(selected), total
+
+    def encode_log1p_cpm(
+        self, block: sparse.csr_matrix, target_sum: float = TARGET_SUM
+    ) -> np.ndarray:
+        """Return log1p(CPM) in the model's gene order, the CPM taken over all genes."""
+        selected, total = self._counts(block)
+        scale = (target_sum / np.maximum(total, 1e-12)).astype(np.float32)
+        selected.data *= np.repeat(scale, np.diff(selected.indptr))
+        np.log1p(selected.data, out=selected.data)
+        return self._densify(selected)
+
+    def inputs(self, model: OnnxModel, block: sparse.csr_matrix) -> ModelInputs:
+        """The model's input for a block: (dense block, totals) or (log1p(CPM), None)."""
+        if model.input_mode == "counts":
+            return self.encode(block)
+        return self.encode_log1p_cpm(block, model.target_sum), None
+
+    def run(self, model: OnnxModel, block: sparse.csr_matrix) -> dict[str, np.ndarray]:
+        """Classify one block: predictions, confidences, embeddings and probabilities."""
+        return classify_block(model, self.inputs(model, block))
+
+
+def classify_block(model: OnnxModel, inputs: ModelInputs) -> dict[str, np.ndarray]:
+    """Run the model on a block's inputs (see :meth:`BlockEncoder.inputs`)."""
+    x, total = inputs
+    out = model.run(x, total_counts=total)
+    return {
+        "predicted": out.predicted_class.astype(np.int32),
+        "confidence": out.probabilities.max(axis=1).astype(np.float32),
+        "embedding": out.embedding.astype(np.float32),
+        "probabilities": out.probabilities.astype(np.float32),
+    }

@@ -1,0 +1,79 @@
+"""The command-line verb of the torch-free base layer: ``scnym annotate``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from .contract import DEFAULT_KEY_ADDED
+
+#: Key of ``click.Context.meta`` holding a function that turns a ``--model`` value
+#: that is no file into the path of one. The entry point puts the registry's
+#: lookup there: this package cannot import the registry (it is the layer below).
+MODEL_RESOLVER = "scnym.model_resolver"
+
+
+def model_file(model: str) -> str:
+    """``model`` itself when it is a file, else what the context's resolver makes of it."""
+    if Path(model).is_file():
+        return model
+    resolve: Callable[[str], str] | None = click.get_current_context().meta.get(MODEL_RESOLVER)
+    if resolve is None:
+        raise click.ClickException(f"--model {model}: no such file")
+    return resolve(model)
+
+
+@click.command()
+@click.argument("store")
+@click.option("--model", "model", required=True,
+              help="ONNX file written by `scnym export`, or a registry model name "
+                   "(`scnym models list`).")  # fmt: skip
+@click.option("--output", default=None,
+              help="Write results here (.zarr, .h5ad, .parquet, .csv) instead of into STORE.")  # fmt: skip
+@click.option("--layer", default=None, help="Read this layer instead of X.")
+@click.option("--gene-key", default=None, help="var column holding the gene identifiers.")
+@click.option("--key-added", default=DEFAULT_KEY_ADDED, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Rows per block (whole chunks).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu",
+              show_default=True)  # fmt: skip
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run.")
+@click.option("--workers", type=int, default=None, help="Run on a local Dask cluster of N workers.")
+@click.option("--scheduler", default=None, help="Address of a Dask scheduler to run on.")
+@click.option("--min-gene-overlap", type=float, default=0.5, show_default=True)
+@click.option("--unknown-threshold", type=float, default=None,
+              help="Label cells below this confidence 'Unknown' (default: the model's).")  # fmt: skip
+@click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def annotate(store, model, output, layer, gene_key, key_added, batch_size, device, threads,
+             resume, workers, scheduler, min_gene_overlap, unknown_threshold, probabilities,
+             quiet) -> None:  # fmt: skip
+    """Annotate the cells of STORE (zarr/h5ad, path or URL) with an ONNX model, torch-free."""
+    from .annotation import annotate as run
+
+    model = model_file(model)
+    try:
+        result = run(
+            store, model, output=output, layer=layer, gene_key=gene_key, key_added=key_added,
+            batch_size=batch_size, device=device, threads=threads, resume=resume,
+            workers=workers, scheduler=scheduler, min_gene_overlap=min_gene_overlap,
+            unknown_threshold="auto" if unknown_threshold is None else unknown_threshold,
+            write_probabilities=probabilities, progress=not quiet,
+        )  # fmt: skip
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from err
+    cov = result.coverage
+    click.echo(
+        f"Gene coverage: {cov.n_found}/{cov.n_model_genes} model genes "
+        f"({cov.gene_fraction:.1%}), {cov.counts_fraction:.1%} of counts captured"
+    )
+    click.echo(
+        f"Annotated {result.n_cells:,} cells in {result.seconds:.1f} s "
+        f"({result.cells_per_s:,.0f} cells/s); results in {result.written_to}"
+    )
+    import pandas as pd
+
+    counts = pd.Series(result.labels).value_counts()
+    click.echo(counts.to_string())
