@@ -12,15 +12,23 @@ Then measures, each in its own process (peak RSS of that process):
   data at the same batch size (onnxruntime), and a pure read + decompress pass
   over the store.
 
+``--baseline DIR`` also runs another build of scnym (``pip install --no-deps
+--target DIR CHECKOUT``, put first on ``PYTHONPATH``) on the same store and model,
+taking turns with ours over ``--repeats`` rounds (medians), so that a change is
+compared with the code before it in one run.
+
 Usage::
 
     python benchmarks/annotate.py --model-dir DIR --cells 100000 1000000 [--workdir W]
+        [--baseline DIR --repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,8 +88,11 @@ def build_store(path: Path, n_cells: int, seed: int = 0) -> None:
     zarr.consolidate_metadata(path)
 
 
-def measure(code: str) -> dict:
-    """Run ``code`` (which sets ``result``) in a fresh Python; adds that process's peak RSS."""
+def measure(code: str, pythonpath: Path | None = None) -> dict:
+    """Run ``code`` (which sets ``result``) in a fresh Python; adds that process's peak RSS.
+
+    ``pythonpath`` is put first on ``PYTHONPATH`` (another build of scnym).
+    """
     tail = (
         "\nimport json, re\n"
         # VmHWM: this process's own peak (ru_maxrss would include the parent's, inherited at fork)
@@ -89,10 +100,24 @@ def measure(code: str) -> dict:
         "result['peak_rss_mb'] = int(hwm) / 1024\n"
         "print(json.dumps(result))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code + tail], capture_output=True, text=True)
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", code + tail], capture_output=True, text=True, env=env
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Median cells/s and peak RSS of several runs, with the runs themselves."""
+    return {
+        "cells_per_s": statistics.median(r["cells_per_s"] for r in runs),
+        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+        "runs": runs,
+    }
 
 
 OURS = """
@@ -143,6 +168,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=DEFAULT_BLOCK_ROWS,
                         help="rows per block (default: scnym annotate's)")  # fmt: skip
     parser.add_argument("--torch-max-cells", type=int, default=1_000_000)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="folder holding another scnym build to compare with")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of ours (and baseline)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scnym_annotate_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -162,8 +190,16 @@ def main() -> None:
                "model_dir": str(args.model_dir)}  # fmt: skip
         row = {"cells": n}
         out = work / f"out_{n}.zarr"
-        subprocess.run(["rm", "-rf", str(out), f"{out}.scnym-partial"], check=True)
-        row["ours"] = measure(OURS.format(out=str(out), **fmt))
+        runs = {"ours": [], "baseline": []}
+        for _ in range(args.repeats):
+            for name, path in (("ours", None), ("baseline", args.baseline)):
+                if name == "baseline" and path is None:
+                    continue
+                subprocess.run(["rm", "-rf", str(out), f"{out}.scnym-partial"], check=True)
+                runs[name].append(measure(OURS.format(out=str(out), **fmt), pythonpath=path))
+        row["ours"] = median_run(runs["ours"])
+        if args.baseline is not None:
+            row["baseline"] = median_run(runs["baseline"])
         row["read"] = measure(READ.format(**fmt))
         row["compute"] = measure(COMPUTE.format(**fmt))
         if n <= args.torch_max_cells:
@@ -184,6 +220,15 @@ def main() -> None:
             f"| {torch_row.get('cells_per_s', float('nan')):,.0f} "
             f"| {torch_row.get('peak_rss_mb', float('nan')):,.0f} |"
         )
+    for row in rows:
+        if "baseline" in row:
+            ours, base = row["ours"], row["baseline"]
+            print(
+                f"\n{row['cells']:,} cells, medians of {args.repeats}: ours {ours['cells_per_s']:,.0f} "
+                f"cells/s, {ours['peak_rss_mb']:,.0f} MB; baseline {base['cells_per_s']:,.0f} "
+                f"cells/s, {base['peak_rss_mb']:,.0f} MB; ratio "
+                f"{ours['cells_per_s'] / base['cells_per_s']:.3f}"
+            )
     if len(rows) >= 2:
         ratio = rows[-1]["ours"]["peak_rss_mb"] / rows[0]["ours"]["peak_rss_mb"]
         print(f"\npeak RSS {rows[-1]['cells']:,} / {rows[0]['cells']:,} cells: {ratio:.2f}")

@@ -12,8 +12,9 @@ The public names load on first use: they need torch, which ``scnym inspect``
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from scnym.infer.lazy import lazy_exports
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
@@ -30,12 +31,4 @@ if TYPE_CHECKING:
     from .exporter import ExportReport, ParityError, export_model
     from .graph import DEFAULT_OPSET, ScnymGraph
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,8 +15,9 @@ onnxruntime or anndata.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
@@ -42,12 +43,4 @@ if TYPE_CHECKING:
     from .memory import MatrixPrediction, predict_matrix
     from .model import OnnxModel, read_metadata
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

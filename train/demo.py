@@ -17,6 +17,7 @@ from pathlib import Path
 import anndata
 import numpy as np
 import pandas as pd
+from scnym.infer.contract import DEFAULT_KEY_ADDED, EMBEDDING_KEY
 
 from .api import UNLABELED_TOKEN, scnym_api
 from .datasets import kang_pbmc_small
@@ -114,7 +115,7 @@ def run_demo(
     recall = recall_per_class(truth[target], pred)
     annotated = anndata.read_zarr(store)
     annotated.obs["cell_type"] = truth[target]
-    torch_pred = adata.obs["scNym"].astype(str).to_numpy()[target]
+    torch_pred = adata.obs[DEFAULT_KEY_ADDED].astype(str).to_numpy()[target]
     result = DemoResult(
         accuracy=float(np.mean(pred == truth[target])),
         balanced_accuracy=float(recall.mean()),
@@ -151,9 +152,11 @@ def write_report(
         "summary": folder / "summary.json",
     }
     shutil.copyfile(model_dir / CURVES_FILE, paths["training_curves"])
-    plot_confusion_matrix(truth, annotated.obs["scNym"].astype(str), paths["confusion_matrix"])
+    plot_confusion_matrix(
+        truth, annotated.obs[DEFAULT_KEY_ADDED].astype(str), paths["confusion_matrix"]
+    )
     colours = {key: adata.obs[key].astype(str).to_numpy() for key in ("cell_type", "condition")}
-    plot_embedding(adata.obsm["X_scnym"], colours, paths["embedding"])
+    plot_embedding(adata.obsm[EMBEDDING_KEY], colours, paths["embedding"])
     summary = {
         "accuracy": result.accuracy,
         "balanced_accuracy": result.balanced_accuracy,

@@ -6,10 +6,11 @@ These are plain :class:`torch.nn.Module` objects that know nothing of AnnData.
 from __future__ import annotations
 
 import torch
+from scnym.infer.preprocessing import TARGET_SUM
 from torch import nn
 
-#: Counts per cell that the original scNym normalises to (log1p(CPM)).
-CPM_TARGET = 1e6
+#: Counts per cell that the original scNym normalises to (log1p(CPM)); one value for all parts.
+CPM_TARGET = TARGET_SUM
 
 
 class ResBlock(nn.Module):

@@ -219,6 +219,7 @@ def test_original_style_dict_config_with_run_keys(tmp_path):
     assert "pred" in adata.obs and "pred_confidence" in adata.obs
 
 
+@pytest.mark.slow
 def test_semi_supervised_adversarial_beats_supervised_on_domain_shift(tmp_path):
     """MixMatch + domain adversary recover accuracy lost to a batch effect."""
     config = {

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import anndata
+import pytest
 from click.testing import CliRunner
 from scnym.cli import main
 
 
+@pytest.mark.slow
 def test_demo_command_writes_a_complete_report(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--epochs", "2"])
