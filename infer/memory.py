@@ -8,18 +8,23 @@ genes are zero; each cell's total is taken over all its genes).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import anndata
 import numpy as np
 import pandas as pd
 from scipy import sparse
 from tqdm.auto import tqdm
 
 from .blocks import DEFAULT_MIN_GENE_OVERLAP, BlockEncoder, GeneCoverage, plan_blocks
-from .model import OnnxModel
+from .contract import DEFAULT_KEY_ADDED, PROBABILITIES_UNS_KEY, ResultKeys
+from .model import OnnxModel, resolve_providers
 from .store import DEFAULT_BLOCK_ROWS, StoreReader
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,3 +121,60 @@ def predict_matrix(
         plan.coverage,
         plan.input_kind,
     )
+
+
+def write_prediction(
+    adata: anndata.AnnData,
+    probabilities: np.ndarray,
+    embedding: np.ndarray,
+    classes: Sequence[str],
+    key_added: str = DEFAULT_KEY_ADDED,
+) -> None:
+    """Write in-memory prediction's keys into ``adata`` (torch and ONNX models alike).
+
+    ``obs[key_added]`` (categorical over the model's classes),
+    ``obs[key_added + '_confidence']``, ``uns['scNym_probabilities']`` (cells x
+    classes) and ``obsm['X_scnym']``.
+    """
+    keys = ResultKeys(key_added)
+    names = np.asarray(classes)
+    adata.obs[keys.label] = pd.Categorical(
+        names[probabilities.argmax(axis=1)], categories=list(classes)
+    )
+    adata.obs[keys.confidence] = probabilities.max(axis=1).astype(np.float32)
+    adata.uns[PROBABILITIES_UNS_KEY] = pd.DataFrame(
+        probabilities, columns=list(classes), index=adata.obs_names
+    )
+    adata.obsm[keys.embedding] = embedding.astype(np.float32)
+
+
+def predict_adata(
+    adata: anndata.AnnData,
+    model: str | os.PathLike,
+    key_added: str = DEFAULT_KEY_ADDED,
+    device: str = "auto",
+) -> MatrixPrediction:
+    """Annotate an in-memory AnnData with an exported model, torch-free.
+
+    Parameters
+    ----------
+    adata
+        Raw counts or log1p(CPM) in ``X``.
+    model
+        The ``.onnx`` file.
+    key_added
+        Name of the label column.
+    device
+        ``'auto'``, ``'cpu'`` or ``'cuda'`` (torch spellings such as ``'cuda:0'`` too).
+    """
+    device = str(device)
+    ort_device = "auto" if device == "auto" else "cuda" if device.startswith("cuda") else "cpu"
+    onnx_model = OnnxModel(model, providers=resolve_providers(ort_device))
+    result = predict_matrix(onnx_model, adata.X, adata.var_names)
+    cov = result.coverage
+    logger.info(
+        "Found %d of %d model genes in the data (%.1f%% of counts); predicting with %s",
+        cov.n_found, cov.n_model_genes, 100 * cov.counts_fraction, model,
+    )  # fmt: skip
+    write_prediction(adata, result.probabilities, result.embedding, result.classes, key_added)
+    return result

@@ -22,7 +22,8 @@ def registry_model_file(model: str) -> str:
     if registry.find(model, kind="model") is None:
         listed = ", ".join(registry.names("model")) or "none"
         raise click.ClickException(
-            f"--model {model}: no such file, and not a registry model (registry models: {listed})"
+            f"--model {model}: no such file, and not a registry model (registry models: {listed}); "
+            "see `scnym models list`"
         )
     return str(resolve(model, registry, kind="model"))
 

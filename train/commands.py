@@ -112,18 +112,24 @@ def predict(data, model_dir, out_file, key_added, device) -> None:
     """Annotate DATA.h5ad in memory with a trained model.
 
     A model directory runs through torch; an ONNX file or a registry model
-    (``scnym models list``) through onnxruntime.
+    (``scnym models list``) through onnxruntime, without torch.
     """
-    from .api import scnym_api
-
     adata = _read_h5ad(data)
-    scnym_api(
-        adata,
-        task="predict",
-        trained_model=model_dir,
-        key_added=key_added,
-        config={"device": device},
-    )
+    if Path(model_dir).is_dir():
+        from .api import scnym_api
+
+        scnym_api(
+            adata,
+            task="predict",
+            trained_model=model_dir,
+            key_added=key_added,
+            config={"device": device},
+        )
+    else:
+        from scnym.infer.commands import model_file
+        from scnym.infer.memory import predict_adata
+
+        predict_adata(adata, model_file(model_dir), key_added=key_added, device=device)
     out_file = out_file or str(Path(data).with_name(Path(data).stem + "_scnym.h5ad"))
     adata.write_h5ad(out_file)
     counts = adata.obs[key_added].value_counts()

@@ -9,14 +9,12 @@ models run torch-free with onnxruntime (:mod:`scnym.infer`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import anndata
 import numpy as np
-import pandas as pd
 import torch
-from scnym.infer.contract import PROBABILITIES_UNS_KEY, ResultKeys
+from scnym.infer.memory import predict_adata, write_prediction
 from scnym.infer.preprocessing import align_genes, gene_index_map, to_log1p_cpm
 
 from .fitting import EVAL_BATCH_SIZE
@@ -45,26 +43,6 @@ def predict_arrays(
     return np.concatenate(probs), np.concatenate(embeds)
 
 
-def write_predictions(
-    adata: anndata.AnnData,
-    probs: np.ndarray,
-    embedding: np.ndarray,
-    class_names: Sequence[str],
-    key_added: str,
-) -> None:
-    """Write the prediction keys (the same for the torch and the ONNX paths)."""
-    keys = ResultKeys(key_added)
-    classes = np.asarray(class_names)
-    adata.obs[keys.label] = pd.Categorical(
-        classes[probs.argmax(axis=1)], categories=list(class_names)
-    )
-    adata.obs[keys.confidence] = probs.max(axis=1).astype(np.float32)
-    adata.uns[PROBABILITIES_UNS_KEY] = pd.DataFrame(
-        probs, columns=list(class_names), index=adata.obs_names
-    )
-    adata.obsm[keys.embedding] = embedding.astype(np.float32)
-
-
 def predict_bundle(adata: anndata.AnnData, bundle: ModelBundle, key_added: str) -> None:
     """Predict with a loaded model directory, writing the prediction keys.
 
@@ -84,7 +62,7 @@ def predict_bundle(adata: anndata.AnnData, bundle: ModelBundle, key_added: str) 
     X, _ = to_log1p_cpm(adata.X)
     X = align_genes(X, adata.var_names, bundle.gene_names)
     probs, embedding = predict_arrays(bundle, X)
-    write_predictions(adata, probs, embedding, bundle.class_names, key_added)
+    write_prediction(adata, probs, embedding, bundle.class_names, key_added)
 
 
 def onnx_file(trained_model: str) -> Path | None:
@@ -98,17 +76,5 @@ def onnx_file(trained_model: str) -> Path | None:
 
 
 def predict_onnx(adata: anndata.AnnData, path: Path, key_added: str, device: str) -> None:
-    """Predict torch-free with onnxruntime (``scnym.infer``), writing the usual keys."""
-    from scnym.infer import OnnxModel, predict_matrix
-    from scnym.infer.model import resolve_providers
-
-    device = str(device)
-    ort_device = "auto" if device == "auto" else "cuda" if device.startswith("cuda") else "cpu"
-    model = OnnxModel(path, providers=resolve_providers(ort_device))
-    result = predict_matrix(model, adata.X, adata.var_names)
-    cov = result.coverage
-    logger.info(
-        "Found %d of %d model genes in the data (%.1f%% of counts); predicting with %s",
-        cov.n_found, cov.n_model_genes, 100 * cov.counts_fraction, path,
-    )  # fmt: skip
-    write_predictions(adata, result.probabilities, result.embedding, result.classes, key_added)
+    """Predict torch-free with onnxruntime (:func:`scnym.infer.memory.predict_adata`)."""
+    predict_adata(adata, path, key_added=key_added, device=device)

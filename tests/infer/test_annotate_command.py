@@ -39,6 +39,6 @@ def test_cli_annotate_with_an_unknown_model_name(query, registry_path, tmp_path)
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert result.output == (
         "Error: --model nosuchmodel: no such file, and not a registry model "
-        "(registry models: none)\n"
+        "(registry models: none); see `scnym models list`\n"
     )
     assert not (tmp_path / "bad.zarr.scnym-partial").exists()

@@ -100,3 +100,18 @@ def test_predict_command_takes_a_registry_model(tmp_path):
     assert anndata.read_h5ad(out).obs["scNym"].notna().all()
     missing = CliRunner().invoke(main, ["predict", str(data), "--model", str(tmp_path / "nope")])
     assert missing.exit_code != 0 and "scnym models list" in missing.output
+
+
+def test_predict_with_an_onnx_file_or_registry_name_needs_no_torch(local_registry, tmp_path):
+    from torchless import run_cli_without_torch
+
+    data = tmp_path / "cells.h5ad"
+    make_counts(n_cells=80, n_genes=60, n_classes=3, seed=11).write_h5ad(data)
+    model_file = local_registry.path.parent / "test_model.onnx"
+    for model in (str(model_file), "test_model"):
+        out = tmp_path / f"{model.replace('/', '_')}.h5ad"
+        done = run_cli_without_torch("predict", str(data), "--model", model, "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        annotated = anndata.read_h5ad(out)
+        assert {"scNym", "scNym_confidence"} <= set(annotated.obs.columns)
+        assert annotated.obsm["X_scnym"].shape[0] == 80
