@@ -20,20 +20,22 @@ import numpy as np
 import onnxruntime as ort
 from scnym import __version__
 
-from .blocks import DEFAULT_MIN_GENE_OVERLAP, BlockPlan, GeneCoverage, plan_blocks
+from .blocks import DEFAULT_MIN_GENE_OVERLAP, GeneCoverage, plan_blocks
 from .compute import compute_blocks
 from .contract import DEFAULT_KEY_ADDED
 from .distributed import compute_blocks_distributed
+from .guards import (
+    check_key_added,
+    check_output,
+    check_own_keys,
+    check_writable,
+    earlier_keys,
+    keys_to_write,
+)
 from .model import Device, OnnxModel, resolve_providers
 from .partial import PartialResults, WideArrays, partial_folder
-from .store import StoreReader, open_store
-from .writer import (
-    check_output,
-    check_writable,
-    destination_zarr_format,
-    wide_keys,
-    write_results,
-)
+from .store import open_store
+from .writer import destination_zarr_format, wide_keys, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ def annotate(
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
     unknown_threshold: float | None | Literal["auto"] = "auto",
     write_probabilities: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> AnnotationResult:
     """Annotate the cells of an AnnData store with an exported scNym model.
@@ -84,12 +87,13 @@ def annotate(
     output
         Where to write the results instead of the store: ``.zarr``/``.h5ad`` (an
         AnnData of the results), ``.parquet`` or ``.csv`` (the obs columns).
-        Required when the store is remote or read-only.
+        Required when the store is remote or read-only; never the store itself.
     layer, gene_key
         Read ``layers[layer]`` instead of ``X``; take the gene identifiers from
         ``var[gene_key]`` instead of the ``var`` index.
     key_added
-        Name of the label column (``obs[key_added]``, ``obs[key_added + '_confidence']``).
+        Name of the label column (``obs[key_added]``, ``obs[key_added + '_confidence']``);
+        a store's existing keys are replaced only where an earlier scNym run wrote them.
     batch_size
         Rows per block (rounded to whole chunks of the store).
     device
@@ -108,54 +112,146 @@ def annotate(
         (none: no such column).
     write_probabilities
         Also write the class probabilities (``obsm[key_added + '_probabilities']``).
+    overwrite
+        Replace an existing ``output`` (once the new results are complete).
     progress
         Show a progress bar.
     """
+    settings = _Settings(**locals())  # the arguments, as one value passed down
     start_time = time.perf_counter()
-    output = None if output is None else str(output)
-    check_output(output)
-    onnx_model = OnnxModel(model, providers=resolve_providers(device), threads=threads)
-    reader = open_store(store, layer=layer, gene_key=gene_key, writable=output is None)
+    run = _Run(settings)
     try:
-        check_writable(reader, output)
-        plan = plan_blocks(reader, onnx_model, batch_size, min_gene_overlap)
-        _log_coverage(plan.coverage)
-        partial = _open_partial(reader, onnx_model, plan, output, write_probabilities, resume)
+        run.prepare()
         try:
-            _compute(reader, onnx_model, str(model), plan, partial, workers, scheduler, progress)
-            labels, confidence, written_to, record = _write(
-                reader, partial, plan, onnx_model, str(model), key_added, output, unknown_threshold
-            )
+            run.compute()
+            labels, confidence, written_to, record = run.write()
         finally:
-            partial.release()
-        partial.remove()
+            run.partial.release()
+        run.partial.remove()
     finally:
-        reader.close()
+        run.reader.close()
     seconds = time.perf_counter() - start_time
     return AnnotationResult(
-        labels, confidence, plan.coverage, reader.n_obs, seconds, written_to, record
+        labels, confidence, run.plan.coverage, run.reader.n_obs, seconds, written_to, record
     )
 
 
-def _compute(
-    reader: StoreReader,
-    model: OnnxModel,
-    model_path: str,
-    plan: BlockPlan,
-    partial: PartialResults,
-    workers: int | None,
-    scheduler: str | None,
-    progress: bool,
-) -> None:
-    """Classify the unfinished blocks here, or on a Dask cluster when one is asked for."""
-    if workers or scheduler:
-        compute_blocks_distributed(
-            reader.location, model_path, plan, partial, layer=reader.layer,
-            gene_key=reader.gene_key, workers=workers, scheduler=scheduler,
-            threads=model.threads, progress=progress,
+@dataclass(frozen=True)
+class _Settings:
+    """The arguments of :func:`annotate`."""
+
+    store: str | os.PathLike
+    model: str | os.PathLike
+    output: str | os.PathLike | None
+    layer: str | None
+    gene_key: str | None
+    key_added: str
+    batch_size: int | None
+    device: Device
+    threads: int | None
+    resume: bool
+    workers: int | None
+    scheduler: str | None
+    min_gene_overlap: float
+    unknown_threshold: float | None | Literal["auto"]
+    write_probabilities: bool
+    overwrite: bool
+    progress: bool
+
+
+class _Run:
+    """One annotation run: checks, then blocks into partial results, then the writer."""
+
+    def __init__(self, settings: _Settings) -> None:
+        self.settings = s = settings
+        self.output = None if s.output is None else str(s.output)
+        check_output(self.output, str(s.store), s.overwrite)
+        check_key_added(s.key_added)
+        self.model = OnnxModel(s.model, providers=resolve_providers(s.device), threads=s.threads)
+        self.threshold = self.model.metadata.get("confidence_threshold")
+        if s.unknown_threshold != "auto":
+            self.threshold = s.unknown_threshold
+        self.wide = wide_keys(self.output, s.write_probabilities)
+        self.reader = open_store(
+            s.store, layer=s.layer, gene_key=s.gene_key, writable=self.output is None
+        )
+
+    def prepare(self) -> None:
+        """Refuse what would destroy data, plan the blocks and open the partial results."""
+        s = self.settings
+        check_writable(self.reader, self.output)
+        self.keys = keys_to_write(s.key_added, self.wide, self.threshold is not None)
+        self.earlier: dict[str, list[str]] = {}
+        if self.output is None:
+            self.keys = check_own_keys(self.reader, self.keys)
+            self.earlier = earlier_keys(self.reader.root)
+        self.plan = plan_blocks(self.reader, self.model, s.batch_size, s.min_gene_overlap)
+        _log_coverage(self.plan.coverage)
+        self.partial = self._open_partial()
+
+    def _open_partial(self) -> PartialResults:
+        """Open (or, with ``resume``, reopen) the folder of finished blocks and take its lock."""
+        reader, plan = self.reader, self.plan
+        identity = {
+            "weights_sha256": self.model.metadata.get("weights_sha256"),
+            "bounds": [list(b) for b in plan.bounds],
+            "layer": reader.layer,
+            "gene_key": reader.gene_key,
+            "n_obs": reader.n_obs,
+        }
+        wide = WideArrays(
+            keys=self.wide,
+            n_obs=reader.n_obs,
+            chunk_rows=plan.bounds[0][1] - plan.bounds[0][0],
+            zarr_format=destination_zarr_format(reader, self.output),
+        )
+        partial = PartialResults(partial_folder(reader.location, self.output), identity, wide)
+        partial.open(resume=self.settings.resume)
+        return partial
+
+    def compute(self) -> None:
+        """Classify the unfinished blocks here, or on a Dask cluster when one is asked for."""
+        s = self.settings
+        if s.workers or s.scheduler:
+            compute_blocks_distributed(
+                self.reader.location, str(s.model), self.plan, self.partial,
+                layer=self.reader.layer, gene_key=self.reader.gene_key, workers=s.workers,
+                scheduler=s.scheduler, threads=s.threads, progress=s.progress,
+            )  # fmt: skip
+        else:
+            compute_blocks(self.reader, self.model, self.plan, self.partial, progress=s.progress)
+
+    def write(self) -> tuple[np.ndarray, np.ndarray, str, dict]:
+        """Write every block's results; returns (labels, confidences, where, record)."""
+        record = {
+            **self._record(),
+            "written": self.keys.as_record(self.earlier),
+            "replaced": list(self.keys.replaced),
+        }
+        written_to, labels, confidence = write_results(
+            self.reader, self.partial, self.plan, self.model.classes,
+            key_added=self.settings.key_added, output=self.output, record=record,
+            unknown_threshold=self.threshold,
         )  # fmt: skip
-    else:
-        compute_blocks(reader, model, plan, partial, progress=progress)
+        return labels, confidence, written_to, record
+
+    def _record(self) -> dict:
+        """What the run did, kept in ``uns['scNym_annotate']`` (or beside a table output)."""
+        cov, model = self.plan.coverage, self.model
+        return {
+            "model": str(self.settings.model),
+            "weights_sha256": model.metadata.get("weights_sha256"),
+            "classes": model.classes,
+            "gene_coverage": cov.gene_fraction,
+            "n_model_genes_found": cov.n_found,
+            "counts_fraction": cov.counts_fraction,
+            "input_kind": self.plan.input_kind,
+            "layer": self.reader.layer,
+            "unknown_threshold": self.threshold,
+            "scnym": __version__,
+            "onnxruntime": ort.__version__,
+            "providers": model.session.get_providers(),
+        }
 
 
 def _log_coverage(cov: GeneCoverage) -> None:
@@ -163,73 +259,3 @@ def _log_coverage(cov: GeneCoverage) -> None:
         "gene coverage: %d/%d model genes (%.1f%%), %.1f%% of counts captured",
         cov.n_found, cov.n_model_genes, 100 * cov.gene_fraction, 100 * cov.counts_fraction,
     )  # fmt: skip
-
-
-def _open_partial(
-    reader: StoreReader,
-    model: OnnxModel,
-    plan: BlockPlan,
-    output: str | None,
-    write_probabilities: bool,
-    resume: bool,
-) -> PartialResults:
-    """Open (or, with ``resume``, reopen) the folder of finished blocks and take its lock."""
-    identity = {
-        "weights_sha256": model.metadata.get("weights_sha256"),
-        "bounds": [list(b) for b in plan.bounds],
-        "layer": reader.layer,
-        "gene_key": reader.gene_key,
-        "n_obs": reader.n_obs,
-    }
-    wide = WideArrays(
-        keys=wide_keys(output, write_probabilities),
-        n_obs=reader.n_obs,
-        chunk_rows=plan.bounds[0][1] - plan.bounds[0][0],
-        zarr_format=destination_zarr_format(reader, output),
-    )
-    partial = PartialResults(partial_folder(reader.location, output), identity, wide)
-    partial.open(resume=resume)
-    return partial
-
-
-def _write(
-    reader: StoreReader,
-    partial: PartialResults,
-    plan: BlockPlan,
-    model: OnnxModel,
-    model_path: str,
-    key_added: str,
-    output: str | None,
-    unknown_threshold: float | None | Literal["auto"],
-) -> tuple[np.ndarray, np.ndarray, str, dict]:
-    """Write every block's results; returns (labels, confidences, where, record)."""
-    threshold = model.metadata.get("confidence_threshold")
-    if unknown_threshold != "auto":
-        threshold = unknown_threshold
-    record = _record(model_path, model, plan, reader.layer, threshold)
-    written_to, labels, confidence = write_results(
-        reader, partial, plan, model.classes, key_added=key_added, output=output,
-        record=record, unknown_threshold=threshold,
-    )  # fmt: skip
-    return labels, confidence, written_to, record
-
-
-def _record(
-    model_path: str, model: OnnxModel, plan: BlockPlan, layer: str | None, threshold
-) -> dict:
-    """What the run did, kept in ``uns['scNym_annotate']`` (or beside a table output)."""
-    cov = plan.coverage
-    return {
-        "model": model_path,
-        "weights_sha256": model.metadata.get("weights_sha256"),
-        "classes": model.classes,
-        "gene_coverage": cov.gene_fraction,
-        "n_model_genes_found": cov.n_found,
-        "counts_fraction": cov.counts_fraction,
-        "input_kind": plan.input_kind,
-        "layer": layer,
-        "unknown_threshold": threshold,
-        "scnym": __version__,
-        "onnxruntime": ort.__version__,
-        "providers": model.session.get_providers(),
-    }

@@ -30,8 +30,9 @@ def model_file(model: str) -> str:
 @click.option("--model", "model", required=True,
               help="ONNX file written by `scnym export`, or a registry model name "
                    "(`scnym models list`).")  # fmt: skip
-@click.option("--output", default=None,
+@click.option("-o", "--output", default=None,
               help="Write results here (.zarr, .h5ad, .parquet, .csv) instead of into STORE.")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output (never STORE).")
 @click.option("--layer", default=None, help="Read this layer instead of X.")
 @click.option("--gene-key", default=None, help="var column holding the gene identifiers.")
 @click.option("--key-added", default=DEFAULT_KEY_ADDED, show_default=True)
@@ -47,23 +48,20 @@ def model_file(model: str) -> str:
               help="Label cells below this confidence 'Unknown' (default: the model's).")  # fmt: skip
 @click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def annotate(store, model, output, layer, gene_key, key_added, batch_size, device, threads,
+def annotate(store, model, output, overwrite, layer, gene_key, key_added, batch_size, device, threads,
              resume, workers, scheduler, min_gene_overlap, unknown_threshold, probabilities,
              quiet) -> None:  # fmt: skip
     """Annotate the cells of STORE (zarr/h5ad, path or URL) with an ONNX model, torch-free."""
     from .annotation import annotate as run
 
     model = model_file(model)
-    try:
-        result = run(
-            store, model, output=output, layer=layer, gene_key=gene_key, key_added=key_added,
-            batch_size=batch_size, device=device, threads=threads, resume=resume,
-            workers=workers, scheduler=scheduler, min_gene_overlap=min_gene_overlap,
-            unknown_threshold="auto" if unknown_threshold is None else unknown_threshold,
-            write_probabilities=probabilities, progress=not quiet,
-        )  # fmt: skip
-    except RuntimeError as err:
-        raise click.ClickException(str(err)) from err
+    result = run(
+        store, model, output=output, layer=layer, gene_key=gene_key, key_added=key_added,
+        batch_size=batch_size, device=device, threads=threads, resume=resume,
+        workers=workers, scheduler=scheduler, min_gene_overlap=min_gene_overlap,
+        unknown_threshold="auto" if unknown_threshold is None else unknown_threshold,
+        write_probabilities=probabilities, overwrite=overwrite, progress=not quiet,
+    )  # fmt: skip
     cov = result.coverage
     click.echo(
         f"Gene coverage: {cov.n_found}/{cov.n_model_genes} model genes "

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,40 +88,53 @@ class PartialResults:
         Raises
         ------
         RuntimeError
-            If another run holds the lock, or unfinished results exist and
-            ``resume`` is False, or they belong to another run.
+            If another run holds the lock, or an earlier run's finished blocks are
+            there and ``resume`` is False, or they belong to a run with other settings.
         """
-        existing = self.folder.exists() and any(self.folder.glob("block_*.npz"))
-        if existing and not resume:
-            raise RuntimeError(
-                f"{self.folder} holds results of an interrupted run: pass --resume to "
-                "continue it, or delete that folder to start over"
-            )
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
         try:
-            fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError as err:
-            pid = self._lock.read_text().strip() or "?"
-            if pid.isdigit() and not _alive(int(pid)):
-                self._lock.unlink()  # the process that held it is gone
-                return self.open(resume=True)
-            raise RuntimeError(
-                f"Another annotation run (pid {pid}) is writing to this store; "
-                f"wait for it, or remove {self._lock} if it is gone"
-            ) from err
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        run_file = self.folder / "run.json"
-        if run_file.exists():
-            previous = json.loads(run_file.read_text())
-            if previous != self.identity:
-                self.release()
+            if any(self.folder.glob("block_*.npz")) and not resume:
+                raise RuntimeError(
+                    f"{self.folder} holds the finished blocks of an earlier run that stopped "
+                    "before the end (no run holds it now): pass --resume to continue it, or "
+                    "delete that folder to start over"
+                )
+            run_file = self.folder / "run.json"
+            if not run_file.exists():
+                run_file.write_text(json.dumps(self.identity, sort_keys=True))
+            elif json.loads(run_file.read_text()) != self.identity:
                 raise RuntimeError(
                     f"{self.folder} holds results of a run with other settings "
                     "(model, block size, matrix, genes or output kind); delete it to start over"
                 )
-        else:
-            run_file.write_text(json.dumps(self.identity, sort_keys=True))
+        except BaseException:
+            self.release()
+            raise
+
+    def _take_lock(self) -> None:
+        """Create the lock file, replacing it when the process that held it is gone."""
+        for _ in range(2):
+            try:
+                fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError as err:
+                holder = _read_lock(self._lock)
+                if holder.get("host") == socket.gethostname() and not _alive(holder["pid"]):
+                    self._lock.unlink(missing_ok=True)  # that run was killed: its lock is stale
+                    continue
+                where = "" if holder.get("host") in (None, socket.gethostname()) else (
+                    f" on {holder['host']}"
+                )  # fmt: skip
+                raise RuntimeError(
+                    f"Another annotation run (pid {holder.get('pid', '?')}{where}, started "
+                    f"{holder.get('started', '?')}) is writing these results: wait for it to "
+                    f"finish. Only if that process no longer runs, delete {self._lock}"
+                ) from err
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, fh)  # fmt: skip
+            return
+        raise RuntimeError(f"Could not take the lock {self._lock}: another run keeps taking it")
 
     def path(self, start: int) -> Path:
         return self.folder / f"block_{start:012d}.npz"
@@ -175,6 +190,21 @@ class PartialResults:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _read_lock(path: Path) -> dict:
+    """The holder of a lock file: pid, host and start time (a bare pid in older files)."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return {}
+    if text.isdigit():
+        return {"pid": int(text), "host": socket.gethostname()}
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else {}
 
 
 def _alive(pid: int) -> bool:

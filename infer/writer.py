@@ -22,39 +22,14 @@ from anndata.io import write_elem
 
 from .blocks import BlockPlan
 from .contract import ANNOTATE_RECORD_KEY, UNKNOWN_LABEL, ResultKeys
+from .guards import TABLE_SUFFIXES
 from .partial import PartialResults
 from .store import StoreReader, read_obs_names
-
-#: Output kinds of ``--output`` (an AnnData, or the obs columns as a table).
-OUTPUT_SUFFIXES = (".zarr", ".h5ad", ".parquet", ".csv")
-
-
-def check_output(output: str | None) -> None:
-    """Refuse an ``--output`` of unknown kind, or parquet without pyarrow, before any work."""
-    if output is None:
-        return
-    suffix = Path(output).suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--output must end in .zarr, .h5ad, .parquet or .csv, not {output!r}")
-    if suffix == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError as err:
-            raise ValueError("parquet output needs pyarrow: pip install 'scnym[parquet]'") from err
-
-
-def check_writable(reader: StoreReader, output: str | None) -> None:
-    """Refuse to annotate a remote or read-only store in place."""
-    if output is None and not reader.writable:
-        raise ValueError(
-            f"{reader.location} is remote or read-only: pass --output to write the results "
-            "elsewhere"
-        )
 
 
 def wide_keys(output: str | None, write_probabilities: bool) -> tuple[str, ...]:
     """The per-cell arrays the output keeps (parquet and csv keep obs columns only)."""
-    if output is not None and Path(output).suffix.lower() in (".parquet", ".csv"):
+    if output is not None and Path(output).suffix.lower() in TABLE_SUFFIXES:
         return ()
     return ("embedding", "probabilities") if write_probabilities else ("embedding",)
 
@@ -172,7 +147,7 @@ def write_results(
     obs_names = read_obs_names(reader)
     suffix = Path(output).suffix.lower()
     frame = pd.DataFrame(columns, index=obs_names)
-    if suffix in (".parquet", ".csv"):
+    if suffix in TABLE_SUFFIXES:
         if suffix == ".csv":
             frame.to_csv(output)
         else:

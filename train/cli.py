@@ -9,8 +9,10 @@ the base install.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
+import traceback
 
 import click
 from scnym.export.commands import export, inspect
@@ -20,15 +22,38 @@ from scnym.models.commands import models_group, registry_model_file
 from . import __version__
 from .commands import configs, demo, predict, train
 
+#: Failures a user can act on: shown as one ``Error:`` line (``-v`` adds the traceback).
+USER_ERRORS = (ValueError, NotImplementedError, RuntimeError, OSError)
+#: ``click.Context.meta`` key: whether ``-v`` was given.
+VERBOSE = "scnym.verbose"
+
+
+def describe_error(err: BaseException) -> str:
+    """One line saying what failed and what to do."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" while writing {err.filename}" if err.filename else ""
+        return (
+            f"No space left on the device{where}: free some space and run again "
+            "(annotate keeps its finished blocks: add --resume)"
+        )
+    if isinstance(err, PermissionError):
+        return (
+            f"Permission denied: {err.filename or err}: check the permissions, or write "
+            "elsewhere (--output)"
+        )
+    return str(err) or type(err).__name__
+
 
 class _Group(click.Group):
-    """Show a user's input errors as one-line messages, not tracebacks."""
+    """Show a user's errors as one-line messages, not tracebacks."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (ValueError, FileNotFoundError, NotImplementedError) as err:
-            raise click.ClickException(str(err)) from err
+        except USER_ERRORS as err:
+            if ctx.meta.get(VERBOSE):
+                traceback.print_exc()
+            raise click.ClickException(describe_error(err)) from err
 
 
 @click.group(cls=_Group)
@@ -42,6 +67,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     ctx.meta[MODEL_RESOLVER] = registry_model_file
+    ctx.meta[VERBOSE] = verbose
 
 
 for command in (train, predict, demo, configs, export, inspect, annotate, models_group):

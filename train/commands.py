@@ -104,16 +104,21 @@ def train(
     required=True,
     help="Model directory, ONNX file, or registry name (e.g. pretrained_human).",
 )
-@click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Annotated h5ad (default: DATA with '_scnym' appended).")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (never DATA).")
 @click.option("--key-added", default=DEFAULT_KEY_ADDED, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def predict(data, model_dir, out_file, key_added, device) -> None:
+def predict(data, model_dir, out_file, overwrite, key_added, device) -> None:
     """Annotate DATA.h5ad in memory with a trained model.
 
     A model directory runs through torch; an ONNX file or a registry model
     (``scnym models list``) through onnxruntime, without torch.
     """
+    from scnym.infer.guards import check_output
+
+    out_file = out_file or str(Path(data).with_name(Path(data).stem + "_scnym.h5ad"))
+    check_output(out_file, data, overwrite)
     adata = _read_h5ad(data)
     if Path(model_dir).is_dir():
         from .api import scnym_api
@@ -130,7 +135,6 @@ def predict(data, model_dir, out_file, key_added, device) -> None:
         from scnym.infer.memory import predict_adata
 
         predict_adata(adata, model_file(model_dir), key_added=key_added, device=device)
-    out_file = out_file or str(Path(data).with_name(Path(data).stem + "_scnym.h5ad"))
     adata.write_h5ad(out_file)
     counts = adata.obs[key_added].value_counts()
     click.echo(f"Wrote {out_file}: {adata.n_obs} cells annotated")

@@ -115,3 +115,20 @@ def test_predict_with_an_onnx_file_or_registry_name_needs_no_torch(local_registr
         annotated = anndata.read_h5ad(out)
         assert {"scNym", "scNym_confidence"} <= set(annotated.obs.columns)
         assert annotated.obsm["X_scnym"].shape[0] == 80
+
+
+def test_predict_never_replaces_its_input_and_an_output_only_with_overwrite(
+    local_registry, tmp_path
+):
+    data = tmp_path / "cells.h5ad"
+    make_counts(n_cells=50, n_genes=60, n_classes=3, seed=11).write_h5ad(data)
+    before = data.read_bytes()
+    args = ["predict", str(data), "--model", "test_model"]
+    refused = CliRunner().invoke(main, [*args, "-o", str(data), "--overwrite"])
+    assert refused.exit_code == 1 and "is the input store" in refused.output
+    assert data.read_bytes() == before
+    assert CliRunner().invoke(main, args).exit_code == 0  # cells_scnym.h5ad
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "exists: pass --overwrite" in again.output
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+    assert data.read_bytes() == before
