@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from scnym import __version__
 
-from .blocks import DEFAULT_MIN_GENE_OVERLAP, GeneCoverage, plan_blocks
+from .blocks import DEFAULT_MIN_GENE_OVERLAP, GeneCoverage, InvalidCells, plan_blocks
 from .compute import compute_blocks
 from .contract import DEFAULT_KEY_ADDED
 from .distributed import compute_blocks_distributed
@@ -125,6 +125,9 @@ def annotate(
         try:
             run.compute()
             labels, confidence, written_to, record = run.write()
+        except InvalidCells:
+            run.partial.remove()  # blocks of refused data are of no use to a resume
+            raise
         finally:
             run.partial.release()
         run.partial.remove()
@@ -228,7 +231,7 @@ class _Run:
             "written": self.keys.as_record(self.earlier),
             "replaced": list(self.keys.replaced),
         }
-        written_to, labels, confidence = write_results(
+        written_to, labels, confidence, record = write_results(
             self.reader, self.partial, self.plan, self.model.classes,
             key_added=self.settings.key_added, output=self.output, record=record,
             unknown_threshold=self.threshold,

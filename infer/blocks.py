@@ -17,15 +17,80 @@ from scipy import sparse
 
 from .contract import gene_id_type
 from .model import OnnxModel
-from .preprocessing import TARGET_SUM, detect_input_kind, gene_index_map
+from .preprocessing import (
+    LOG1P_CPM_MAX,
+    NORMALIZE_HINT,
+    TARGET_SUM,
+    detect_input_kind,
+    gene_index_map,
+)
 from .store import StoreReader, aligned_block_rows, block_bounds
 
 #: Default least fraction of the model's genes the store must hold.
 DEFAULT_MIN_GENE_OVERLAP = 0.5
 #: Rows sampled (spread over the store) to check the kind of data and the coverage.
 SAMPLE_ROWS = 2000
-#: A block as the model reads it: (dense input, each cell's total or None).
-ModelInputs = tuple[np.ndarray, "np.ndarray | None"]
+
+
+class InvalidCells(ValueError):
+    """A block holds values that are neither counts nor log1p(CPM); nothing is written."""
+
+
+@dataclass
+class ModelInputs:
+    """A block as the model reads it.
+
+    Attributes
+    ----------
+    x
+        Counts or log1p(CPM) of the model's genes, dense, in the model's order.
+    total
+        Each cell's total counts over all its genes (``counts`` models), else None.
+    empty
+        The cells without any counts: they get no label.
+    """
+
+    x: np.ndarray
+    total: np.ndarray | None
+    empty: np.ndarray
+
+
+def check_values(block: sparse.csr_matrix, input_kind: str, start: int, where: str) -> None:
+    """Check every stored value of a block, as streaming reads it (O(nnz)).
+
+    The sample :func:`plan_blocks` reads decides the kind of data; this makes sure
+    the cells outside it are of that kind too.
+
+    Raises
+    ------
+    InvalidCells
+        For NaN or infinite values, negative values, non-integer values in a
+        store of counts, or values above log1p(1e6) in a store of log1p(CPM),
+        naming the first such cell (its row in the store).
+    """
+    data = block.data
+    if data.size == 0:
+        return
+    low, high = float(data.min()), float(data.max())  # NaN propagates into both
+    if np.isfinite(low) and np.isfinite(high) and low >= 0:
+        if input_kind == "counts" and np.array_equal(data, np.rint(data)):
+            return
+        if input_kind == "log1p_cpm" and high <= LOG1P_CPM_MAX + 1e-4:
+            return
+    checks = (
+        (~np.isfinite(data), "NaN or infinite values"),
+        (data < 0, "negative values"),
+        (data != np.rint(data), "non-integer values, in a store of raw counts")
+        if input_kind == "counts"
+        else (data > LOG1P_CPM_MAX + 1e-4, "values above log1p(1e6), in a store of log1p(CPM)"),
+    )  # fmt: skip
+    for bad, what in checks:
+        if bad.any():
+            row = int(np.searchsorted(block.indptr, np.flatnonzero(bad)[0], side="right")) - 1
+            raise InvalidCells(
+                f"{where}: cell {start + row} (row {start + row} of the matrix) holds {what}; "
+                f"fix or drop such cells first. {NORMALIZE_HINT}"
+            )
 
 
 @dataclass
@@ -49,6 +114,7 @@ class BlockPlan:
     gene_index: np.ndarray  # store column of each model gene, -1 when missing
     input_kind: str
     coverage: GeneCoverage
+    location: str = "the data"
 
 
 def _sample_rows(reader: StoreReader, n: int = SAMPLE_ROWS) -> sparse.csr_matrix:
@@ -116,7 +182,8 @@ def plan_blocks(
             "Lower --min-gene-overlap (min_gene_overlap in Python) to proceed anyway."
         )
     rows = aligned_block_rows(reader.chunk_rows, block_rows)
-    return BlockPlan(block_bounds(reader.n_obs, rows), gene_index, input_kind, coverage)
+    bounds = block_bounds(reader.n_obs, rows)
+    return BlockPlan(bounds, gene_index, input_kind, coverage, reader.location)
 
 
 class BlockEncoder:
@@ -160,32 +227,43 @@ class BlockEncoder:
 
     def encode_log1p_cpm(
         self, block: sparse.csr_matrix, target_sum: float = TARGET_SUM
-    ) -> np.ndarray:
-        """Return log1p(CPM) in the model's gene order, the CPM taken over all genes."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (log1p(CPM) in the model's gene order, the CPM over all genes; each total)."""
         selected, total = self._counts(block)
         scale = (target_sum / np.maximum(total, 1e-12)).astype(np.float32)
         selected.data *= np.repeat(scale, np.diff(selected.indptr))
         np.log1p(selected.data, out=selected.data)
-        return self._densify(selected)
+        return self._densify(selected), total
 
-    def inputs(self, model: OnnxModel, block: sparse.csr_matrix) -> ModelInputs:
-        """The model's input for a block: (dense block, totals) or (log1p(CPM), None)."""
+    def inputs(self, model: OnnxModel, block: sparse.csr_matrix, start: int = 0) -> ModelInputs:
+        """The model's input for the block of rows from ``start``, every value checked.
+
+        Raises
+        ------
+        InvalidCells
+            See :func:`check_values`.
+        """
+        check_values(block, self.plan.input_kind, start, self.plan.location)
         if model.input_mode == "counts":
-            return self.encode(block)
-        return self.encode_log1p_cpm(block, model.target_sum), None
+            x, total = self.encode(block)
+            return ModelInputs(x, total, total <= 0)
+        x, total = self.encode_log1p_cpm(block, model.target_sum)
+        return ModelInputs(x, None, total <= 0)
 
-    def run(self, model: OnnxModel, block: sparse.csr_matrix) -> dict[str, np.ndarray]:
-        """Classify one block: predictions, confidences, embeddings and probabilities."""
-        return classify_block(model, self.inputs(model, block))
+    def run(
+        self, model: OnnxModel, block: sparse.csr_matrix, start: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Classify one block: predictions, confidences, embeddings, probabilities, empty cells."""
+        return classify_block(model, self.inputs(model, block, start))
 
 
 def classify_block(model: OnnxModel, inputs: ModelInputs) -> dict[str, np.ndarray]:
     """Run the model on a block's inputs (see :meth:`BlockEncoder.inputs`)."""
-    x, total = inputs
-    out = model.run(x, total_counts=total)
+    out = model.run(inputs.x, total_counts=inputs.total)
     return {
         "predicted": out.predicted_class.astype(np.int32),
         "confidence": out.probabilities.max(axis=1).astype(np.float32),
         "embedding": out.embedding.astype(np.float32),
         "probabilities": out.probabilities.astype(np.float32),
+        "empty": inputs.empty,
     }

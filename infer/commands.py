@@ -75,3 +75,6 @@ def annotate(store, model, output, overwrite, layer, gene_key, key_added, batch_
 
     counts = pd.Series(result.labels).value_counts()
     click.echo(counts.to_string())
+    empty = result.record.get("n_cells_without_counts", 0)
+    if empty:
+        click.echo(f"{empty:,} cells hold no counts: they get no label (NaN)")

@@ -58,7 +58,7 @@ def compute_blocks(
     encoder = BlockEncoder(plan)
 
     def prepare(start: int, stop: int) -> ModelInputs:
-        return encoder.inputs(model, reader.read_rows(start, stop))
+        return encoder.inputs(model, reader.read_rows(start, stop), start)
 
     ahead = READ_AHEAD
     with ThreadPoolExecutor(ahead) as reads, ThreadPoolExecutor(max_workers=1) as saves:

@@ -25,7 +25,7 @@ def _classify(store, model_path, layer, gene_key, threads, plan: BlockPlan, star
     reader, model, encoder = _OPENED[key]
     if encoder is None or encoder.plan is not plan:
         encoder = _OPENED[key][2] = BlockEncoder(plan)
-    return start, encoder.run(model, reader.read_rows(start, stop))
+    return start, encoder.run(model, reader.read_rows(start, stop), start)
 
 
 def compute_blocks_distributed(

@@ -43,6 +43,8 @@ class MatrixPrediction:
         How many of the model's genes the matrix holds.
     input_kind
         ``'counts'`` or ``'log1p_cpm'``, as detected.
+    empty
+        The cells without counts, which get no label.
     """
 
     probabilities: np.ndarray
@@ -50,16 +52,19 @@ class MatrixPrediction:
     classes: list[str]
     coverage: GeneCoverage
     input_kind: str
+    empty: np.ndarray
 
     @property
     def labels(self) -> np.ndarray:
-        """The most probable class of each cell."""
-        return np.asarray(self.classes)[self.probabilities.argmax(axis=1)]
+        """The most probable class of each cell (None for cells without counts)."""
+        labels = np.asarray(self.classes, dtype=object)[self.probabilities.argmax(axis=1)]
+        labels[self.empty] = None
+        return labels
 
     @property
     def confidence(self) -> np.ndarray:
-        """The probability of the predicted class (float32)."""
-        return self.probabilities.max(axis=1).astype(np.float32)
+        """The probability of the predicted class (float32; NaN for cells without counts)."""
+        return np.where(self.empty, np.nan, self.probabilities.max(axis=1)).astype(np.float32)
 
 
 def predict_matrix(
@@ -107,19 +112,21 @@ def predict_matrix(
     )  # fmt: skip
     plan = plan_blocks(reader, model, batch_size, min_gene_overlap)
     encoder = BlockEncoder(plan)
-    probabilities, embedding = [], []
+    outputs: dict[str, list[np.ndarray]] = {"probabilities": [], "embedding": [], "empty": []}
     with tqdm(total=reader.n_obs, unit="cells", desc="Annotating", disable=not progress) as bar:
         for start, stop in plan.bounds:
-            out = encoder.run(model, reader.read_rows(start, stop))
-            probabilities.append(out["probabilities"])
-            embedding.append(out["embedding"])
+            out = encoder.run(model, reader.read_rows(start, stop), start)
+            for key, parts in outputs.items():
+                parts.append(out[key])
             bar.update(stop - start)
+    joined = {key: np.concatenate(parts) for key, parts in outputs.items()}
     return MatrixPrediction(
-        np.concatenate(probabilities),
-        np.concatenate(embedding),
+        joined["probabilities"],
+        joined["embedding"],
         list(model.classes),
         plan.coverage,
         plan.input_kind,
+        joined["empty"],
     )
 
 
@@ -129,23 +136,27 @@ def write_prediction(
     embedding: np.ndarray,
     classes: Sequence[str],
     key_added: str = DEFAULT_KEY_ADDED,
+    empty: np.ndarray | None = None,
 ) -> None:
     """Write in-memory prediction's keys into ``adata`` (torch and ONNX models alike).
 
-    ``obs[key_added]`` (categorical over the model's classes),
-    ``obs[key_added + '_confidence']``, ``uns['scNym_probabilities']`` (cells x
-    classes) and ``obsm['X_scnym']``.
+    ``obs[key_added]`` (categorical over the model's classes; missing for the
+    ``empty`` cells, which hold no counts), ``obs[key_added + '_confidence']`` (NaN
+    for those), ``uns['scNym_probabilities']`` (cells x classes) and ``obsm['X_scnym']``.
     """
     keys = ResultKeys(key_added)
-    names = np.asarray(classes)
-    adata.obs[keys.label] = pd.Categorical(
-        names[probabilities.argmax(axis=1)], categories=list(classes)
+    empty = np.zeros(len(probabilities), dtype=bool) if empty is None else np.asarray(empty)
+    codes = np.where(empty, -1, probabilities.argmax(axis=1))
+    adata.obs[keys.label] = pd.Categorical.from_codes(codes, categories=list(classes))
+    adata.obs[keys.confidence] = np.where(empty, np.nan, probabilities.max(axis=1)).astype(
+        np.float32
     )
-    adata.obs[keys.confidence] = probabilities.max(axis=1).astype(np.float32)
     adata.uns[PROBABILITIES_UNS_KEY] = pd.DataFrame(
         probabilities, columns=list(classes), index=adata.obs_names
     )
     adata.obsm[keys.embedding] = embedding.astype(np.float32)
+    if empty.any():
+        logger.warning("%d cells hold no counts: they get no label", int(empty.sum()))
 
 
 def predict_adata(
@@ -176,5 +187,7 @@ def predict_adata(
         "Found %d of %d model genes in the data (%.1f%% of counts); predicting with %s",
         cov.n_found, cov.n_model_genes, 100 * cov.counts_fraction, model,
     )  # fmt: skip
-    write_prediction(adata, result.probabilities, result.embedding, result.classes, key_added)
+    write_prediction(
+        adata, result.probabilities, result.embedding, result.classes, key_added, result.empty
+    )
     return result

@@ -25,7 +25,9 @@ from zarr.codecs import BloscCodec
 from .fileio import is_url
 
 #: Per-block results kept in the block files (the rest are wide arrays or dropped).
-NARROW_KEYS = ("predicted", "confidence")
+NARROW_KEYS = ("predicted", "confidence", "empty")
+#: Layout of the block files; partial results of another layout are not resumed.
+LAYOUT = 2
 #: What anndata's writer puts on a dense array. The wide arrays are created here,
 #: with zarr, so that they can be filled block by block and then moved into the
 #: store; ``write_elem`` would need the whole array (or a second copy) at once.
@@ -78,7 +80,11 @@ class PartialResults:
     def __init__(self, folder: Path, identity: dict, wide: WideArrays | None = None) -> None:
         self.folder = folder
         self.wide = wide or WideArrays()
-        self.identity = {**identity, "wide": [*self.wide.keys, self.wide.zarr_format]}
+        self.identity = {
+            **identity,
+            "wide": [*self.wide.keys, self.wide.zarr_format],
+            "layout": LAYOUT,
+        }
         self._lock = folder / "lock"
         self._arrays: dict[str, zarr.Array] = {}
 

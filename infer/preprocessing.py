@@ -71,7 +71,39 @@ def detect_input_kind(X, what: str = "X") -> InputKind:
             f"{what} holds non-integer values up to {vmax:.3g} > log1p(1e6) = {LOG1P_CPM_MAX:.3f}: "
             f"it looks normalised but not log-transformed. {NORMALIZE_HINT}"
         )
+    if _off_count_grid(X) > 0.5:
+        raise ValueError(
+            f"{what} holds values between 0 and {vmax:.3g} that are not log-normalised counts "
+            "(within a cell, expm1 of the values are not multiples of one count): it looks "
+            f"scaled (e.g. min-max) or otherwise transformed. {NORMALIZE_HINT}, or pass the "
+            "raw counts."
+        )
     return "log1p_cpm"
+
+
+def _off_count_grid(X, n_rows: int = 200, min_values: int = 5, max_count: int = 20) -> float:
+    """Fraction of (up to ``n_rows``) cells whose expm1(values) are not multiples of one unit.
+
+    In log1p-normalised counts every value of a cell is log1p(k * unit), for an
+    integer count k and the cell's unit (``target_sum / total``), whatever genes
+    were kept. So expm1 of its values over the smallest are ratios k / c of
+    integers, where c (the smallest count) is small: times some c <= ``max_count``
+    they are integers, up to float32 rounding. Scaled or otherwise transformed
+    data is off this grid.
+    """
+    X = sparse.csr_matrix(X[:n_rows])
+    counts = np.arange(1, max_count + 1)[:, None]
+    checked = off = 0
+    for row in range(X.shape[0]):
+        values = np.expm1(np.minimum(X.data[X.indptr[row] : X.indptr[row + 1]], LOG1P_CPM_MAX))
+        values = values[values > 0]
+        if values.size < min_values:
+            continue
+        scaled = values / values.min() * counts  # one row per candidate smallest count
+        tolerance = np.maximum(0.05, 3e-3 * scaled)  # stored values may be rounded
+        checked += 1
+        off += not bool(np.any(np.all(np.abs(scaled - np.rint(scaled)) <= tolerance, axis=1)))
+    return off / checked if checked else 0.0
 
 
 def log1p_cpm(X, library_size: np.ndarray | None = None, target_sum: float = TARGET_SUM):

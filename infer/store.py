@@ -61,6 +61,8 @@ class StoreReader:
     layer: str | None = None
     gene_key: str | None = None
     _h5: h5py.File | None = field(default=None, repr=False)
+    #: The fsspec file a remote h5ad is read through.
+    _handle: Any = field(default=None, repr=False)
     #: A CSR element's (indptr, indices, data) arrays, read directly (see ``read_rows``).
     _csr: tuple[Any, Any, Any] | None = field(default=None, repr=False)
 
@@ -74,6 +76,11 @@ class StoreReader:
             indptr, indices, data = self._csr
             ptr = np.asarray(indptr[start : stop + 1], dtype=np.int64)
             lo, hi = int(ptr[0]), int(ptr[-1])
+            if np.any(np.diff(ptr) < 0) or hi > self._csr[2].shape[0]:
+                raise ValueError(
+                    f"{self.location} is damaged: its indptr is not increasing over rows "
+                    f"{start}-{stop}. Re-create or restore the store."
+                )
             return sparse.csr_matrix(
                 (np.asarray(data[lo:hi], dtype=np.float32), np.asarray(indices[lo:hi]), ptr - lo),
                 shape=(stop - start, int(self.matrix.shape[1])),
@@ -96,22 +103,25 @@ class StoreReader:
     def close(self) -> None:
         if self._h5 is not None:
             self._h5.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _open_root(location: str, mode: str):
+    """(zarr group or h5py file, whether it was opened for writing, file handle to close)."""
     if is_h5ad(location):
         if is_url(location):
             import fsspec
 
             handle = fsspec.open(location, "rb").open()
-            return h5py.File(handle, "r"), False
-        return h5py.File(location, mode), mode != "r"
+            return h5py.File(handle, "r"), False, handle
+        return h5py.File(location, mode), mode != "r", None
     if is_url(location):
         store = zarr.storage.FsspecStore.from_url(location, read_only=mode == "r")
-        return zarr.open_group(store, mode=mode), False
+        return zarr.open_group(store, mode=mode), False, None
     # Consolidated metadata would hide elements added by this run; it is
-    # rewritten after the results are in (see ``StoreReader.close``).
-    return zarr.open_group(location, mode=mode, use_consolidated=False), mode != "r"
+    # rewritten after the results are in (see ``StoreReader.reconsolidate``).
+    return zarr.open_group(location, mode=mode, use_consolidated=False), mode != "r", None
 
 
 def _encoding(element) -> str:
@@ -147,11 +157,13 @@ def open_store(
     location = str(store)
     if not is_url(location) and not Path(location).exists():
         raise FileNotFoundError(f"Store {location} does not exist")
-    mode = "r+" if writable and not is_url(location) else "r"
+    # zarr opens a folder "r+" without checking that it can write there
+    can_write = writable and not is_url(location) and os.access(location, os.W_OK)
+    mode = "r+" if can_write else "r"
     try:
-        root, can_write = _open_root(location, mode)
+        root, can_write, handle = _open_root(location, mode)
     except PermissionError:
-        root, can_write = _open_root(location, "r")  # read-only: results need --output
+        root, can_write, handle = _open_root(location, "r")  # read-only: results need --output
     except Exception as err:  # zarr/h5py raise several types for unreadable stores
         raise ValueError(f"Cannot open {location} as an AnnData store: {err}") from err
     element, name = _matrix_element(root, location, layer)
@@ -168,6 +180,7 @@ def open_store(
         layer=layer,
         gene_key=gene_key,
         _h5=root if isinstance(root, h5py.File) else None,
+        _handle=handle,
         _csr=csr,
     )
 
@@ -202,11 +215,33 @@ def _backed_matrix(element, location: str, name: str):
         )
     if encoding != "csr_matrix":
         return element, None, _chunk_length(element)
+    _check_chunks(element, location, name)
     matrix = sparse_dataset(element)
     data = element["data"]
     per_row = max(int(data.shape[0]) // max(int(matrix.shape[0]), 1), 1)
     chunk_rows = max(_chunk_length(data) // per_row, 1)
     return matrix, (element["indptr"], element["indices"], data), chunk_rows
+
+
+def _check_chunks(element, location: str, name: str) -> None:
+    """Refuse a CSR element whose zarr arrays lack chunks: they would read as zeros.
+
+    zarr fills a missing chunk with the fill value, so a deleted chunk of
+    ``data`` or ``indices`` silently turns cells into others. In valid CSR
+    arrays no chunk is all zeros (which zarr may leave unwritten), so every chunk
+    must be there. (h5py datasets are not chunk files; nothing to check.)
+    """
+    for key in ("data", "indices"):
+        array = element[key]
+        if not isinstance(array, zarr.Array):
+            continue
+        missing = array.nchunks - array.nchunks_initialized
+        if missing:
+            raise ValueError(
+                f"{location} is damaged: {name}/{key} lacks {missing} of its {array.nchunks} "
+                "chunks (deleted or never written), which would read as zeros. Re-create or "
+                "restore the store."
+            )
 
 
 def _var_names(root, gene_key: str | None) -> pd.Index:

@@ -84,17 +84,22 @@ def _gather(partial: PartialResults, plan: BlockPlan, key: str) -> np.ndarray:
 def _obs_columns(
     predicted: np.ndarray,
     confidence: np.ndarray,
+    empty: np.ndarray,
     classes: list[str],
     key_added: str,
     unknown_threshold: float | None,
 ) -> dict[str, object]:
+    """The obs columns; cells without counts get no label and confidence NaN."""
     keys = ResultKeys(key_added)
-    labels = pd.Categorical.from_codes(predicted, categories=classes)
+    # codes, not strings: per-cell string arrays were most of the memory that grew
+    # with the number of cells; code -1 is a missing label
+    codes = np.where(empty, -1, predicted)
+    confidence = np.where(empty, np.float32(np.nan), confidence)
+    labels = pd.Categorical.from_codes(codes, categories=classes)
     columns: dict[str, object] = {keys.label: labels, keys.confidence: confidence}
     if unknown_threshold is not None:
-        # codes, not strings: per-cell string arrays were most of the memory that grew
-        # with the number of cells
-        codes = np.where(confidence < unknown_threshold, len(classes), predicted)
+        unsure = empty | (confidence < unknown_threshold)
+        codes = np.where(unsure, len(classes), predicted)
         categories = [*classes, UNKNOWN_LABEL]
         columns[keys.unknown] = pd.Categorical.from_codes(codes, categories=categories)
     return columns
@@ -129,20 +134,25 @@ def write_results(
     output: str | None,
     record: dict,
     unknown_threshold: float | None,
-) -> tuple[str, np.ndarray, np.ndarray]:
-    """Write the results of every block; returns (where, labels, confidences)."""
+) -> tuple[str, np.ndarray, np.ndarray, dict]:
+    """Write the results of every block; returns (where, labels, confidences, record)."""
     predicted = _gather(partial, plan, "predicted")
-    confidence = _gather(partial, plan, "confidence")
-    columns = _obs_columns(predicted, confidence, classes, key_added, unknown_threshold)
+    empty = _gather(partial, plan, "empty")
+    record = {**record, "n_cells_without_counts": int(empty.sum()), "classes": list(classes),
+              "key_added": key_added}  # fmt: skip
+    columns = _obs_columns(
+        predicted, _gather(partial, plan, "confidence"), empty, classes, key_added,
+        unknown_threshold,
+    )  # fmt: skip
+    confidence = columns[ResultKeys(key_added).confidence]
     keys = ResultKeys(key_added)
     wide = {getattr(keys, key): partial.wide_path(key) for key in partial.wide.keys}
-    record = {**record, "classes": list(classes), "key_added": key_added}
     labels = np.asarray(columns[key_added])  # object array sharing the class-name strings
 
     if output is None:
         _write_into(reader.root, columns, wide, record)
         reader.reconsolidate()
-        return reader.location, labels, confidence
+        return reader.location, labels, confidence, record
 
     obs_names = read_obs_names(reader)
     suffix = Path(output).suffix.lower()
@@ -155,7 +165,7 @@ def write_results(
         Path(output).with_suffix(suffix + ".json").write_text(
             json.dumps(_clean_record(record), indent=1)
         )
-        return output, labels, confidence
+        return output, labels, confidence, record
     results = anndata.AnnData(obs=pd.DataFrame(index=obs_names))
     if suffix == ".zarr":
         results.write_zarr(output)
@@ -166,4 +176,4 @@ def write_results(
         results.write_h5ad(output)
         with h5py.File(output, "r+") as fh:
             _write_into(fh, columns, wide, record)
-    return output, labels, confidence
+    return output, labels, confidence, record

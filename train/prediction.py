@@ -60,9 +60,10 @@ def predict_bundle(adata: anndata.AnnData, bundle: ModelBundle, key_added: str) 
         )
     logger.info("Found %d of %d model genes in the data", int(found.sum()), len(found))
     X, _ = to_log1p_cpm(adata.X)
+    empty = np.asarray(X.sum(axis=1)).ravel() <= 0
     X = align_genes(X, adata.var_names, bundle.gene_names)
     probs, embedding = predict_arrays(bundle, X)
-    write_prediction(adata, probs, embedding, bundle.class_names, key_added)
+    write_prediction(adata, probs, embedding, bundle.class_names, key_added, empty)
 
 
 def onnx_file(trained_model: str) -> Path | None:
