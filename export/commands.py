@@ -78,3 +78,8 @@ def inspect(model, as_json) -> None:
         f"opset {producer.get('opset')}; created {meta.get('created')}"
     )
     click.echo(f"Weights sha256: {meta.get('weights_sha256')}")
+    sealed = meta.get("metadata_sha256")
+    click.echo(
+        f"Metadata sha256: {sealed} (verified)" if sealed else
+        "Metadata sha256: not recorded (exported before files were sealed; not verified)"
+    )  # fmt: skip

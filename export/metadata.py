@@ -10,7 +10,13 @@ import numpy as np
 import onnx
 import torch
 from scnym import __version__
-from scnym.infer.contract import FORMAT_VERSION, META_PREFIX, gene_id_type
+from scnym.infer.contract import (
+    DIGEST_KEY,
+    FORMAT_VERSION,
+    META_PREFIX,
+    gene_id_type,
+    metadata_digest,
+)
 from scnym.infer.preprocessing import TARGET_SUM
 from scnym.modeldir import ModelBundle
 
@@ -80,7 +86,12 @@ def build_metadata(
 
 
 def attach_metadata(proto: onnx.ModelProto, metadata: dict[str, Any]) -> onnx.ModelProto:
-    """Write ``metadata`` into ``proto.metadata_props`` (sorted keys, JSON values)."""
+    """Write ``metadata`` into ``proto.metadata_props`` (sorted keys, JSON values), sealed.
+
+    The digest of all of it (:func:`scnym.infer.contract.metadata_digest`) is added
+    under ``metadata_sha256``; readers refuse a file whose metadata no longer matches.
+    """
+    metadata = {**metadata, DIGEST_KEY: metadata_digest(metadata)}
     del proto.metadata_props[:]
     for key in sorted(metadata):
         entry = proto.metadata_props.add()

@@ -10,6 +10,7 @@ the number of cells, and an interrupted run resumes without recomputing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from scnym import __version__
 
 from .blocks import DEFAULT_MIN_GENE_OVERLAP, GeneCoverage, InvalidCells, plan_blocks
 from .compute import compute_blocks
-from .contract import DEFAULT_KEY_ADDED
+from .contract import DEFAULT_KEY_ADDED, metadata_digest
 from .distributed import compute_blocks_distributed
 from .guards import (
     check_key_added,
@@ -197,6 +198,8 @@ class _Run:
         reader, plan = self.reader, self.plan
         identity = {
             "weights_sha256": self.model.metadata.get("weights_sha256"),
+            "metadata_sha256": metadata_digest(self.model.metadata),
+            "var_names_sha256": hashlib.sha256("\n".join(reader.var_names).encode()).hexdigest(),
             "bounds": [list(b) for b in plan.bounds],
             "layer": reader.layer,
             "gene_key": reader.gene_key,

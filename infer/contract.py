@@ -9,15 +9,35 @@ annotation all read these names from here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 #: Prefix of the metadata keys scNym writes into ONNX ``metadata_props``.
 META_PREFIX = "scnym."
 #: Layout version of the metadata; readers refuse newer ones.
 FORMAT_VERSION = 1
+
+#: Metadata key of the digest that seals the rest of the metadata.
+DIGEST_KEY = "metadata_sha256"
+
+
+def metadata_digest(metadata: Mapping[str, Any]) -> str:
+    """sha256 of the metadata (its digest key left out) as canonical JSON.
+
+    The metadata includes ``weights_sha256``, so the digest covers the weights'
+    hash, the genes, the classes and every other field: a file edited after
+    export no longer matches it.
+    """
+    sealed = {key: value for key, value in metadata.items() if key != DIGEST_KEY}
+    # through JSON and back, so that the writer (Python values) and the reader
+    # (decoded JSON) hash the same text
+    canonical = json.dumps(json.loads(json.dumps(sealed, sort_keys=True)), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 #: What a graph reads: raw counts and each cell's total, or log1p(CPM) values.
 InputMode = Literal["counts", "log1p_cpm"]

@@ -10,7 +10,15 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from .contract import FORMAT_VERSION, INPUT_NAMES, META_PREFIX, OUTPUT_NAMES
+from .contract import (
+    DIGEST_KEY,
+    FORMAT_VERSION,
+    INPUT_MODES,
+    INPUT_NAMES,
+    META_PREFIX,
+    OUTPUT_NAMES,
+    metadata_digest,
+)
 from .preprocessing import TARGET_SUM
 
 #: Where a model runs: ``'auto'`` takes CUDA when onnxruntime has it.
@@ -72,18 +80,86 @@ def _session(path, providers, threads: int | None = None) -> ort.InferenceSessio
 
 
 def _metadata(session: ort.InferenceSession, path) -> dict[str, Any]:
+    """The file's scNym metadata, its seal verified and every field checked against the graph.
+
+    Raises
+    ------
+    ValueError
+        For a file without scNym metadata, a newer format, metadata edited after
+        export, or a field that is malformed or disagrees with the graph (named).
+    """
     raw = session.get_modelmeta().custom_metadata_map
-    meta = {
-        k[len(META_PREFIX) :]: json.loads(v) for k, v in raw.items() if k.startswith(META_PREFIX)
-    }
+    meta = {}
+    for key, value in raw.items():
+        if key.startswith(META_PREFIX):
+            try:
+                meta[key[len(META_PREFIX) :]] = json.loads(value)
+            except ValueError as err:
+                raise ValueError(f"{path}: metadata field {key!r} is not JSON: {err}") from err
     if "genes" not in meta or "classes" not in meta:
         raise ValueError(f"{path} carries no scNym metadata: export it with `scnym export`")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(meta.get("format_version", 0), int) or meta.get("format_version", 0) > (
+        FORMAT_VERSION
+    ):
         raise ValueError(
-            f"{path} uses metadata format {meta['format_version']}; this scnym reads up to "
-            f"{FORMAT_VERSION}: upgrade scnym"
+            f"{path} uses metadata format {meta.get('format_version')!r}; this scnym reads up "
+            f"to {FORMAT_VERSION}: upgrade scnym"
         )
+    if DIGEST_KEY in meta and meta[DIGEST_KEY] != metadata_digest(meta):
+        raise ValueError(
+            f"{path}: its metadata was changed after export ({DIGEST_KEY} does not match): "
+            "genes, classes or settings may no longer fit the weights. Export the model again."
+        )
+    _check_fields(meta, session, path)
     return meta
+
+
+def _check_fields(meta: dict[str, Any], session: ort.InferenceSession, path) -> None:
+    """Check each field's type, and the genes, classes and input mode against the graph."""
+    for field_name in ("genes", "classes"):
+        values = meta[field_name]
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str) for v in values)
+        ):
+            raise ValueError(f"{path}: metadata field {field_name!r} must be a list of names")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{path}: metadata field {field_name!r} repeats names")
+    prep = meta.get("preprocessing")
+    if not isinstance(prep, dict) or prep.get("input_mode") not in INPUT_MODES:
+        raise ValueError(
+            f"{path}: metadata field 'preprocessing' must hold input_mode, one of {INPUT_MODES}"
+        )
+    target = prep.get("target_sum", TARGET_SUM)
+    if isinstance(target, bool) or not isinstance(target, int | float) or target <= 0:
+        raise ValueError(f"{path}: metadata field 'preprocessing.target_sum' must be > 0")
+    threshold = meta.get("confidence_threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int | float) or
+        not 0 <= threshold <= 1
+    ):  # fmt: skip
+        raise ValueError(f"{path}: metadata field 'confidence_threshold' must be in [0, 1]")
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    expected = INPUT_NAMES[prep["input_mode"]]
+    if sorted(inputs) != sorted(expected):
+        raise ValueError(
+            f"{path}: metadata field 'preprocessing.input_mode' says {prep['input_mode']} "
+            f"(inputs {list(expected)}) but the graph reads {sorted(inputs)}"
+        )
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    _check_width(path, "genes", len(meta["genes"]), inputs[expected[0]])
+    _check_width(path, "classes", len(meta["classes"]), outputs.get(OUTPUT_NAMES[0]))
+
+
+def _check_width(path, field_name: str, n: int, shape) -> None:
+    """The graph's second axis (when fixed) must have as many entries as the field."""
+    width = shape[1] if shape is not None and len(shape) > 1 else None
+    if isinstance(width, int) and width != n:
+        raise ValueError(
+            f"{path}: metadata field {field_name!r} has {n} entries but the graph's "
+            f"{'input' if field_name == 'genes' else 'output'} has {width}"
+        )
 
 
 @dataclass
