@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 #: Environment variable naming the download cache folder.
 CACHE_ENV = "SCNYM_CACHE"
 _CHUNK = 1 << 20
+#: Seconds an HTTP(S) download waits for the server before it counts as unreachable.
+_TIMEOUT_S = 60
 #: Digests of files already hashed in this process: (path, mtime_ns, size) -> sha256.
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
@@ -172,18 +174,49 @@ def _offline_error(entry: RegistryEntry, path: Path, registry: Registry, err: Ex
     )
 
 
-def _copy_url(entry: RegistryEntry, out: BinaryIO, progress: bool) -> str:
-    """Copy the entry's URL into ``out``; return the sha256 of the bytes copied.
+def _open_url(url: str) -> BinaryIO:
+    """A readable stream of ``url``: plain HTTP(S) through the standard library, else fsspec.
 
-    Reading errors are raised as :class:`_Unreachable`; writing errors as they are.
+    HTTP(S) is read with ``urllib`` rather than fsspec: fsspec's HTTP backend needs
+    aiohttp (not a dependency of the base install) and range requests, which not
+    every server offers; one streamed GET needs neither.
+
+    Raises
+    ------
+    _Refused
+        When the server answers with an HTTP error.
+    _Unreachable
+        When nothing answers (offline, DNS, refused connection) or fsspec fails.
     """
+    if url.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            return urllib.request.urlopen(url, timeout=_TIMEOUT_S)
+        except urllib.error.HTTPError as err:
+            raise _Refused(f"HTTP {err.code} {err.reason}") from err
+        except OSError as err:  # URLError, timeouts and socket errors are OSErrors
+            raise _Unreachable(err) from err
     try:
         import fsspec
 
-        source = fsspec.open(entry.file, "rb").open()
-    except Exception as err:  # fsspec backends raise their own types (aiohttp, botocore, ...)
+        return fsspec.open(url, "rb").open()
+    except Exception as err:  # fsspec backends raise their own types (botocore, gcsfs, ...)
         raise _Unreachable(err) from err
-    digest = hashlib.sha256()
+
+
+def _copy_url(entry: RegistryEntry, out: BinaryIO, progress: bool) -> str:
+    """Copy the entry's URL into ``out``; return the sha256 of the bytes copied.
+
+    At most one chunk (1 MiB) past the registry's ``size_bytes`` is read: a longer
+    file fails its checksum, a much longer one is stopped there.
+
+    Reading errors are raised as :class:`_Unreachable`, more bytes than the
+    registry's size as :class:`_TooLarge`; writing errors as they are.
+    """
+    source = _open_url(entry.file)
+    digest, copied = hashlib.sha256(), 0
     bar = tqdm(
         total=entry.size_bytes or None, unit="B", unit_scale=True, unit_divisor=1024,
         desc=f"Downloading {entry.name}", disable=not progress,
@@ -196,6 +229,9 @@ def _copy_url(entry: RegistryEntry, out: BinaryIO, progress: bool) -> str:
                 raise _Unreachable(err) from err
             if not chunk:
                 break
+            copied += len(chunk)
+            if entry.size_bytes and copied > entry.size_bytes + _CHUNK:
+                raise _TooLarge(copied)  # a wrong file is not read to its end
             out.write(chunk)
             digest.update(chunk)
             bar.update(len(chunk))
@@ -210,6 +246,14 @@ class _Unreachable(Exception):
         self.err = err
 
 
+class _Refused(Exception):
+    """The server answered, with an error."""
+
+
+class _TooLarge(Exception):
+    """The server sent more bytes than the registry says the file has."""
+
+
 def _download(entry: RegistryEntry, path: Path, registry: Registry, progress: bool) -> None:
     """Download into a temporary file beside ``path``, verify, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +265,17 @@ def _download(entry: RegistryEntry, path: Path, registry: Registry, progress: bo
                 actual = _copy_url(entry, out, progress)
             except _Unreachable as wrapped:
                 raise _offline_error(entry, path, registry, wrapped.err) from wrapped.err
+            except _Refused as err:
+                raise RegistryError(
+                    f"The server of {entry.file} refused {entry.name!r} ({err}): the file "
+                    "may have moved; check the registry entry, or ask whoever publishes it"
+                ) from err
+            except _TooLarge as err:
+                raise RegistryError(
+                    f"{entry.file} sent more than the {entry.size_bytes:,} bytes the registry "
+                    f"gives for {entry.name!r}: stopped and removed; it is not the file the "
+                    "registry describes"
+                ) from err
         if actual != entry.sha256:
             raise _mismatch(entry, path, actual, removed=True)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cache is read by others
