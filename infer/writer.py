@@ -111,18 +111,22 @@ def _clean_record(record: dict) -> dict:
 
 
 def _write_into(group, columns, wide: dict[str, Path], record: dict) -> None:
-    """Add obs columns, obsm arrays (``wide``: name to zarr array) and the uns record."""
+    """Add the uns record, obs columns and obsm arrays (``wide``: name to zarr array).
+
+    The record goes first: it lists the keys this run writes, so that a run
+    killed while writing them finds them its own when it resumes.
+    """
+    uns = group["uns"] if "uns" in group else group.create_group("uns")
+    write_elem(uns, ANNOTATE_RECORD_KEY, _clean_record(record))
     obs = group["obs"]
     for name, values in columns.items():
         write_elem(obs, name, values)
     order = list(obs.attrs.get("column-order", []))
     order += [name for name in columns if name not in order]
-    obs.attrs["column-order"] = order  # written last: until then readers see the old columns
+    obs.attrs["column-order"] = order  # written after the columns: readers see old or new
     obsm = group["obsm"] if "obsm" in group else group.create_group("obsm")
     for name, source in wide.items():
         _place_array(obsm, name, source)
-    uns = group["uns"] if "uns" in group else group.create_group("uns")
-    write_elem(uns, ANNOTATE_RECORD_KEY, _clean_record(record))
 
 
 def write_results(
