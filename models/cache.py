@@ -1,7 +1,7 @@
 """Turn registry names into verified local files: checksums, the download cache, verification.
 
 Local entries are read from the registry's folder. Remote entries are
-downloaded once (fsspec) into the cache folder, ``$SCNYM_CACHE`` or
+downloaded once (HTTP(S) with the standard library, other URLs with fsspec) into the cache folder, ``$SCNYM_CACHE`` or
 ``$XDG_CACHE_HOME/scnym`` (default ``~/.cache/scnym``): into a temporary file,
 checked against the registry's sha256, then renamed into place, so a file in
 the cache is always complete. Every use verifies the digest (remembered per
