@@ -44,3 +44,12 @@ frame = pd.read_csv(sys.argv[1], index_col=0)
 assert len(frame) == 1000 and frame['scNym'].notna().all(), frame.head()
 print('base install: pretrained_human annotated', len(frame), 'cells')
 " "$work/pretrained.csv"
+# Every non-training verb runs from the base install, with files and registry names.
+"$work/base/bin/scnym" inspect pretrained_human > /dev/null
+"$work/base/bin/python" -c "
+import anndata, sys
+anndata.read_zarr(sys.argv[1]).write_h5ad(sys.argv[2])
+" "$work/stim.zarr" "$work/stim.h5ad"
+"$work/base/bin/scnym" predict "$work/stim.h5ad" --model pretrained_human -o "$work/predicted.h5ad" > /dev/null
+"$work/base/bin/scnym" predict "$work/stim.h5ad" --model "$work/model.onnx" -o "$work/predicted_onnx.h5ad" > /dev/null
+echo "base install: inspect and predict ran without torch"

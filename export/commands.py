@@ -47,13 +47,14 @@ def export(model_dir, output, precision, opset, check, input_mode, force) -> Non
 
 
 @click.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print all metadata as JSON.")
 def inspect(model, as_json) -> None:
-    """Print what an exported ONNX MODEL carries (no torch needed)."""
+    """Print what an exported ONNX MODEL (a file or a registry name) carries, without torch."""
+    from scnym.infer.commands import model_file
     from scnym.infer.model import read_metadata
 
-    meta = read_metadata(model)
+    meta = read_metadata(model_file(model))
     if as_json:
         click.echo(json.dumps(meta, indent=1))
         return
