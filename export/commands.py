@@ -72,7 +72,7 @@ def inspect(model, as_json) -> None:
     )
     click.echo(f"Confidence threshold: {meta.get('confidence_threshold')}")
     metrics = meta.get("metrics", {})
-    click.echo("Metrics: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    click.echo("Metrics: " + ", ".join(f"{k}={_short(v)}" for k, v in metrics.items()))
     producer = meta.get("producer", {})
     click.echo(
         f"Producer: scnym {producer.get('version')}, torch {producer.get('torch')}, "
@@ -84,3 +84,8 @@ def inspect(model, as_json) -> None:
         f"Metadata sha256: {sealed} (verified)" if sealed else
         "Metadata sha256: not recorded (exported before files were sealed; not verified)"
     )  # fmt: skip
+
+
+def _short(value) -> str:
+    """A metric as people read it: 4 significant digits for floats."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

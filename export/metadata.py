@@ -37,9 +37,7 @@ def build_metadata(
     manifest = bundle.manifest
     preprocessing = manifest.get("preprocessing", {})
     config = manifest.get("config", {})
-    threshold = manifest.get("confidence_threshold")
-    if threshold is None:
-        threshold = config.get("ssl_kwargs", {}).get("pseudolabel_min_confidence") or None
+    threshold = bundle.confidence_threshold
     genes = list(bundle.gene_names)
     return {
         "format_version": FORMAT_VERSION,

@@ -21,7 +21,7 @@ from .lazy import lazy_exports
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "AnnotationResult": "annotation",
+    "AnnotationResult": "result",
     "annotate": "annotation",
     "MatrixPrediction": "memory",
     "predict_matrix": "memory",
@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .annotation import AnnotationResult, annotate
+    from .annotation import annotate
     from .memory import MatrixPrediction, predict_matrix
     from .model import OnnxModel, read_metadata
+    from .result import AnnotationResult
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

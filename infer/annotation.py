@@ -10,20 +10,18 @@ the number of cells, and an interrupted run resumes without recomputing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
-import onnxruntime as ort
-from scnym import __version__
+import anndata
 
-from .blocks import DEFAULT_MIN_GENE_OVERLAP, GeneCoverage, InvalidCells, plan_blocks
+from .blocks import GeneCoverage, InvalidCells, plan_blocks
 from .compute import compute_blocks
-from .contract import DEFAULT_KEY_ADDED, metadata_digest
+from .contract import DEFAULT_KEY_ADDED, DEFAULT_MIN_GENE_OVERLAP, metadata_digest
 from .distributed import compute_blocks_distributed
 from .guards import (
     check_key_added,
@@ -33,40 +31,26 @@ from .guards import (
     earlier_keys,
     keys_to_write,
 )
-from .model import Device, OnnxModel, resolve_providers
+from .memory import annotate_adata
+from .model import Device, OnnxModel, resolve_model, resolve_providers
 from .partial import PartialResults, WideArrays, partial_folder
-from .store import open_store
+from .result import AnnotationResult, run_record
+from .settings import AnnotateSettings
+from .store import open_store, read_obs_names_at
 from .writer import destination_zarr_format, wide_keys, write_results
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class AnnotationResult:
-    """What a run produced (the arrays are in row order of the store)."""
-
-    labels: np.ndarray
-    confidence: np.ndarray
-    coverage: GeneCoverage
-    n_cells: int
-    seconds: float
-    written_to: str
-    record: dict = field(default_factory=dict)
-
-    @property
-    def cells_per_s(self) -> float:
-        return self.n_cells / max(self.seconds, 1e-9)
-
-
 def annotate(
-    store: str | os.PathLike,
+    store: str | os.PathLike | anndata.AnnData,
     model: str | os.PathLike,
     output: str | os.PathLike | None = None,
     layer: str | None = None,
     gene_key: str | None = None,
     key_added: str = DEFAULT_KEY_ADDED,
     batch_size: int | None = None,
-    device: Device = "cpu",
+    device: Device = "auto",
     threads: int | None = None,
     resume: bool = False,
     workers: int | None = None,
@@ -82,16 +66,17 @@ def annotate(
     Parameters
     ----------
     store
-        zarr store or h5ad file: a local path or an fsspec URL (``s3://``, ``https://``, ...).
+        zarr store or h5ad file (a local path or an fsspec URL: ``s3://``, ``https://``,
+        ...), or an AnnData in memory (results added to it; ``resume`` and Dask unused).
     model
-        The ``.onnx`` file written by ``scnym export``.
+        The ``.onnx`` file written by ``scnym export``, or a registry model name.
     output
         Where to write the results instead of the store: ``.zarr``/``.h5ad`` (an
         AnnData of the results), ``.parquet`` or ``.csv`` (the obs columns).
         Required when the store is remote or read-only; never the store itself.
     layer, gene_key
-        Read ``layers[layer]`` instead of ``X``; take the gene identifiers from
-        ``var[gene_key]`` instead of the ``var`` index.
+        Read ``layers[layer]`` (``'raw'``: ``adata.raw``, unless such a layer exists)
+        instead of ``X``; take the genes from ``var[gene_key]``, not the ``var`` index.
     key_added
         Name of the label column (``obs[key_added]``, ``obs[key_added + '_confidence']``);
         a store's existing keys are replaced only where an earlier scNym run wrote them.
@@ -118,14 +103,21 @@ def annotate(
     progress
         Show a progress bar.
     """
-    settings = _Settings(**locals())  # the arguments, as one value passed down
+    settings = AnnotateSettings(**locals())  # the arguments, as one value passed down
+    if isinstance(store, anndata.AnnData):
+        return annotate_adata(store, settings)
+    return _annotate_store(settings)
+
+
+def _annotate_store(settings: AnnotateSettings) -> AnnotationResult:
+    """Stream a store's blocks into partial results, then write them."""
     start_time = time.perf_counter()
     run = _Run(settings)
     try:
         run.prepare()
         try:
             run.compute()
-            labels, confidence, written_to, record = run.write()
+            columns, written_to, record = run.write()
         except InvalidCells:
             run.partial.remove()  # blocks of refused data are of no use to a resume
             raise
@@ -134,47 +126,31 @@ def annotate(
         run.partial.remove()
     finally:
         run.reader.close()
-    seconds = time.perf_counter() - start_time
     return AnnotationResult(
-        labels, confidence, run.plan.coverage, run.reader.n_obs, seconds, written_to, record
+        columns=columns,
+        coverage=run.plan.coverage,
+        n_cells=run.reader.n_obs,
+        seconds=time.perf_counter() - start_time,
+        written_to=written_to,
+        record=record,
+        key_added=settings.key_added,
+        obs_names_source=functools.partial(read_obs_names_at, run.reader.location),
     )
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """The arguments of :func:`annotate`."""
-
-    store: str | os.PathLike
-    model: str | os.PathLike
-    output: str | os.PathLike | None
-    layer: str | None
-    gene_key: str | None
-    key_added: str
-    batch_size: int | None
-    device: Device
-    threads: int | None
-    resume: bool
-    workers: int | None
-    scheduler: str | None
-    min_gene_overlap: float
-    unknown_threshold: float | None | Literal["auto"]
-    write_probabilities: bool
-    overwrite: bool
-    progress: bool
 
 
 class _Run:
     """One annotation run: checks, then blocks into partial results, then the writer."""
 
-    def __init__(self, settings: _Settings) -> None:
+    def __init__(self, settings: AnnotateSettings) -> None:
         self.settings = s = settings
         self.output = None if s.output is None else str(s.output)
         check_output(self.output, str(s.store), s.overwrite)
         check_key_added(s.key_added)
-        self.model = OnnxModel(s.model, providers=resolve_providers(s.device), threads=s.threads)
-        self.threshold = self.model.metadata.get("confidence_threshold")
-        if s.unknown_threshold != "auto":
-            self.threshold = s.unknown_threshold
+        self.model_path = resolve_model(s.model)
+        self.model = OnnxModel(
+            self.model_path, providers=resolve_providers(s.device), threads=s.threads
+        )
+        self.threshold = s.threshold(self.model)
         self.wide = wide_keys(self.output, s.write_probabilities)
         self.reader = open_store(
             s.store, layer=s.layer, gene_key=s.gene_key, writable=self.output is None
@@ -220,44 +196,33 @@ class _Run:
         s = self.settings
         if s.workers or s.scheduler:
             compute_blocks_distributed(
-                self.reader.location, str(s.model), self.plan, self.partial,
+                self.reader.location, str(self.model_path), self.plan, self.partial,
                 layer=self.reader.layer, gene_key=self.reader.gene_key, workers=s.workers,
                 scheduler=s.scheduler, threads=s.threads, progress=s.progress,
             )  # fmt: skip
         else:
             compute_blocks(self.reader, self.model, self.plan, self.partial, progress=s.progress)
 
-    def write(self) -> tuple[np.ndarray, np.ndarray, str, dict]:
-        """Write every block's results; returns (labels, confidences, where, record)."""
+    def write(self) -> tuple[dict[str, object], str, dict]:
+        """Write every block's results; returns (obs columns, where, record)."""
         record = {
             **self._record(),
             "written": self.keys.as_record(self.earlier),
             "replaced": list(self.keys.replaced),
         }
-        written_to, labels, confidence, record = write_results(
+        written_to, columns, record = write_results(
             self.reader, self.partial, self.plan, self.model.classes,
             key_added=self.settings.key_added, output=self.output, record=record,
             unknown_threshold=self.threshold,
         )  # fmt: skip
-        return labels, confidence, written_to, record
+        return columns, written_to, record
 
     def _record(self) -> dict:
         """What the run did, kept in ``uns['scNym_annotate']`` (or beside a table output)."""
-        cov, model = self.plan.coverage, self.model
-        return {
-            "model": str(self.settings.model),
-            "weights_sha256": model.metadata.get("weights_sha256"),
-            "classes": model.classes,
-            "gene_coverage": cov.gene_fraction,
-            "n_model_genes_found": cov.n_found,
-            "counts_fraction": cov.counts_fraction,
-            "input_kind": self.plan.input_kind,
-            "layer": self.reader.layer,
-            "unknown_threshold": self.threshold,
-            "scnym": __version__,
-            "onnxruntime": ort.__version__,
-            "providers": model.session.get_providers(),
-        }
+        return run_record(
+            str(self.settings.model), self.model, self.plan.coverage, self.plan.input_kind,
+            self.reader.layer, self.threshold,
+        )  # fmt: skip
 
 
 def _log_coverage(cov: GeneCoverage) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import sparse
 
-from .contract import gene_id_type
+from .contract import DEFAULT_MIN_GENE_OVERLAP, gene_id_type
 from .model import OnnxModel
 from .preprocessing import (
     LOG1P_CPM_MAX,
@@ -26,8 +27,6 @@ from .preprocessing import (
 )
 from .store import StoreReader, aligned_block_rows, block_bounds
 
-#: Default least fraction of the model's genes the store must hold.
-DEFAULT_MIN_GENE_OVERLAP = 0.5
 #: Rows sampled (spread over the store) to check the kind of data and the coverage.
 SAMPLE_ROWS = 2000
 
@@ -47,7 +46,8 @@ class ModelInputs:
     total
         Each cell's total counts over all its genes (``counts`` models), else None.
     empty
-        The cells without any counts: they get no label.
+        The cells without counts in the model's genes (empty cells among them): the
+        model sees nothing of them, so they get no label.
     """
 
     x: np.ndarray
@@ -126,20 +126,39 @@ def _sample_rows(reader: StoreReader, n: int = SAMPLE_ROWS) -> sparse.csr_matrix
     return sparse.vstack(blocks).tocsr()
 
 
-def _likely_cause(store_genes, model: OnnxModel) -> str:
+def _likely_cause(store_genes: pd.Index, model: OnnxModel, min_gene_overlap: float) -> str:
+    """Why a store shares few genes with a model: too few genes, id kinds, versions, species."""
+    n_model = len(model.genes)
+    if len(store_genes) < min_gene_overlap * n_model:
+        return (
+            f"the data holds only {len(store_genes)} genes (the model reads {n_model}): it looks "
+            "like a subset, such as the variable genes; annotate the counts of all genes "
+            "(a counts layer or adata.raw: --layer)"
+        )
     store_ensembl = gene_id_type(store_genes[:200]) == "ensembl"
     model_ensembl = model.metadata.get("gene_id_type") == "ensembl"
+    kinds = ("Ensembl IDs", "gene symbols")
     if store_ensembl != model_ensembl:
-        kinds = ("Ensembl IDs", "gene symbols")
         return (
             f"the store names genes by {kinds[0] if store_ensembl else kinds[1]} but the model by "
             f"{kinds[0] if model_ensembl else kinds[1]}; pass --gene-key with a var column of "
             f"{kinds[0] if model_ensembl else kinds[1]}"
         )
+    if store_ensembl and len(_unversioned(store_genes) & _unversioned(model.genes)) > 2 * len(
+        set(store_genes) & set(model.genes)
+    ):
+        return (
+            "the Ensembl IDs match only without their version suffixes (.N): strip them, e.g. "
+            "adata.var_names = adata.var_names.str.replace(r'\\.\\d+$', '', regex=True)"
+        )
     upper = {g.upper() for g in store_genes}
     if len(upper & {g.upper() for g in model.genes}) > 2 * len(set(store_genes) & set(model.genes)):
         return "gene names match only ignoring case: the data may be from another species"
     return "the data may be from another species or use another gene annotation"
+
+
+def _unversioned(genes) -> set[str]:
+    return {str(g).split(".")[0] for g in genes}
 
 
 def plan_blocks(
@@ -166,7 +185,15 @@ def plan_blocks(
         raise ValueError(f"{reader.location} holds no cells")
     gene_index = gene_index_map(reader.var_names, model.genes)
     sample = _sample_rows(reader)
-    input_kind = detect_input_kind(sample, what=f"{reader.location} (sampled rows)")
+    try:
+        input_kind = detect_input_kind(sample, what=f"{reader.location} (sampled rows)")
+    except ValueError as err:
+        if not reader.alternatives:
+            raise
+        raise ValueError(
+            f"{err} It holds other matrices: pass --layer with one of "
+            f"{list(reader.alternatives)} ('raw' reads adata.raw)."
+        ) from err
     if input_kind == "log1p_cpm":
         sample = sample.copy()
         np.expm1(sample.data, out=sample.data)
@@ -178,7 +205,7 @@ def plan_blocks(
         raise ValueError(
             f"Only {coverage.n_found} of {coverage.n_model_genes} model genes "
             f"({coverage.gene_fraction:.1%}) are in {reader.location} (minimum "
-            f"{min_gene_overlap:.0%}): {_likely_cause(reader.var_names, model)}. "
+            f"{min_gene_overlap:.0%}): {_likely_cause(reader.var_names, model, min_gene_overlap)}. "
             "Lower --min-gene-overlap (min_gene_overlap in Python) to proceed anyway."
         )
     rows = aligned_block_rows(reader.chunk_rows, block_rows)
@@ -246,9 +273,9 @@ class BlockEncoder:
         check_values(block, self.plan.input_kind, start, self.plan.location)
         if model.input_mode == "counts":
             x, total = self.encode(block)
-            return ModelInputs(x, total, total <= 0)
-        x, total = self.encode_log1p_cpm(block, model.target_sum)
-        return ModelInputs(x, None, total <= 0)
+            return ModelInputs(x, total, ~x.any(axis=1))
+        x, _ = self.encode_log1p_cpm(block, model.target_sum)
+        return ModelInputs(x, None, ~x.any(axis=1))
 
     def run(
         self, model: OnnxModel, block: sparse.csr_matrix, start: int = 0

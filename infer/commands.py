@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import click
 
-from .contract import DEFAULT_KEY_ADDED
-
-#: Key of ``click.Context.meta`` holding a function that turns a ``--model`` value
-#: that is no file into the path of one. The entry point puts the registry's
-#: lookup there: this package cannot import the registry (it is the layer below).
-MODEL_RESOLVER = "scnym.model_resolver"
+from .contract import DEFAULT_KEY_ADDED, DEFAULT_MIN_GENE_OVERLAP
 
 
 def model_file(model: str) -> str:
-    """``model`` itself when it is a file, else what the context's resolver makes of it."""
-    if Path(model).is_file():
-        return model
-    resolve: Callable[[str], str] | None = click.get_current_context().meta.get(MODEL_RESOLVER)
-    if resolve is None:
-        raise click.ClickException(f"--model {model}: no such file")
-    return resolve(model)
+    """The ONNX file ``model`` names (a file, or a registry model name)."""
+    from .model import resolve_model
+
+    return str(resolve_model(model))
 
 
 @click.command()
@@ -37,13 +26,14 @@ def model_file(model: str) -> str:
 @click.option("--gene-key", default=None, help="var column holding the gene identifiers.")
 @click.option("--key-added", default=DEFAULT_KEY_ADDED, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Rows per block (whole chunks).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu",
-              show_default=True)  # fmt: skip
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto: CUDA when onnxruntime-gpu is installed.")  # fmt: skip
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run.")
 @click.option("--workers", type=int, default=None, help="Run on a local Dask cluster of N workers.")
 @click.option("--scheduler", default=None, help="Address of a Dask scheduler to run on.")
-@click.option("--min-gene-overlap", type=float, default=0.5, show_default=True)
+@click.option("--min-gene-overlap", type=float, default=DEFAULT_MIN_GENE_OVERLAP, show_default=True,
+              help="Least fraction of the model's genes the data must hold.")  # fmt: skip
 @click.option("--unknown-threshold", type=float, default=None,
               help="Label cells below this confidence 'Unknown' (default: the model's).")  # fmt: skip
 @click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
@@ -67,6 +57,11 @@ def annotate(store, model, output, overwrite, layer, gene_key, key_added, batch_
         f"Gene coverage: {cov.n_found}/{cov.n_model_genes} model genes "
         f"({cov.gene_fraction:.1%}), {cov.counts_fraction:.1%} of counts captured"
     )
+    if cov.gene_fraction < DEFAULT_MIN_GENE_OVERLAP:
+        click.echo(
+            f"Warning: the data holds only {cov.gene_fraction:.1%} of the model's genes: the "
+            "labels are unreliable (the model never saw cells this incomplete)"
+        )
     click.echo(
         f"Annotated {result.n_cells:,} cells in {result.seconds:.1f} s "
         f"({result.cells_per_s:,.0f} cells/s); results in {result.written_to}"
@@ -77,4 +72,4 @@ def annotate(store, model, output, overwrite, layer, gene_key, key_added, batch_
     click.echo(counts.to_string())
     empty = result.record.get("n_cells_without_counts", 0)
     if empty:
-        click.echo(f"{empty:,} cells hold no counts: they get no label (NaN)")
+        click.echo(f"{empty:,} cells hold no counts in the model's genes: they get no label (NaN)")

@@ -61,6 +61,8 @@ def gene_id_type(genes: Iterable[object]) -> Literal["ensembl", "symbol"]:
     return "ensembl" if names and hits > len(names) / 2 else "symbol"
 
 
+#: Least fraction of a model's genes the data must hold, unless the user lowers it.
+DEFAULT_MIN_GENE_OVERLAP = 0.5
 #: Default name of the label column (``key_added``), as in scNym 0.3.2.
 DEFAULT_KEY_ADDED = "scNym"
 #: ``obsm`` key of the embedding (the penultimate layer).
@@ -71,6 +73,8 @@ PROBABILITIES_UNS_KEY = "scNym_probabilities"
 TRAIN_RESULTS_KEY = "scNym_train_results"
 #: ``uns`` key of the record a streaming annotation run leaves.
 ANNOTATE_RECORD_KEY = "scNym_annotate"
+#: ``layer`` that reads ``adata.raw`` (unless the data has a layer of that name).
+RAW_LAYER = "raw"
 #: Label of cells whose confidence is below the threshold.
 UNKNOWN_LABEL = "Unknown"
 

@@ -36,7 +36,7 @@ def _resolved(location: str) -> str:
     return os.path.realpath(Path(location).expanduser())
 
 
-def check_output(output: str | None, store: str, overwrite: bool = False) -> None:
+def check_output(output: str | None, store: str | None, overwrite: bool = False) -> None:
     """Refuse an ``--output`` that would lose data or cannot be written, before any work.
 
     Raises
@@ -55,8 +55,9 @@ def check_output(output: str | None, store: str, overwrite: bool = False) -> Non
             import pyarrow  # noqa: F401
         except ImportError as err:
             raise ValueError("parquet output needs pyarrow: pip install 'scnym[parquet]'") from err
-    target, source = _resolved(output), _resolved(store)
-    if target == source or target.startswith(source.rstrip("/") + "/"):
+    target = _resolved(output)
+    source = None if store is None else _resolved(store)
+    if source is not None and (target == source or target.startswith(source.rstrip("/") + "/")):
         raise ValueError(
             f"--output {output} is the input store {store}: leave --output out to add the "
             "results to the store itself (new elements only), or choose another path"
@@ -119,7 +120,13 @@ def earlier_keys(group) -> dict[str, list[str]]:
     uns = group["uns"] if "uns" in group else {}
     if ANNOTATE_RECORD_KEY not in uns:
         return {}
-    record = read_elem(uns[ANNOTATE_RECORD_KEY])
+    return keys_in_record(read_elem(uns[ANNOTATE_RECORD_KEY]))
+
+
+def keys_in_record(record: dict | None) -> dict[str, list[str]]:
+    """The keys a run's record (``uns['scNym_annotate']``) says scNym wrote."""
+    if not record:
+        return {}
     if "written" in record:
         return {kind: [str(k) for k in record["written"].get(kind, [])] for kind in ("obs", "obsm")}
     # a record of scnym 1.0.0.dev0 before it listed its keys: what that version wrote
@@ -131,23 +138,33 @@ def earlier_keys(group) -> dict[str, list[str]]:
 
 
 def check_own_keys(reader: StoreReader, planned: KeysToWrite) -> KeysToWrite:
-    """Refuse to replace keys of the store that no scNym run wrote; name those it replaces.
+    """Refuse to replace keys of the store that no scNym run wrote (see :func:`check_keys`)."""
+    root = reader.root
+    present = {kind: set(root[kind].keys()) if kind in root else set() for kind in ("obs", "obsm")}
+    return check_keys(reader.location, present, earlier_keys(root), planned)
+
+
+def check_keys(
+    where: str,
+    present: dict[str, set[str]],
+    ours: dict[str, list[str]],
+    planned: KeysToWrite,
+) -> KeysToWrite:
+    """Refuse to replace keys that exist and no scNym run wrote; name those it replaces.
 
     Raises
     ------
     ValueError
         If an obs column or obsm key to be written exists and is the user's.
     """
-    ours = earlier_keys(reader.root)
     replaced, foreign = [], []
     for kind in ("obs", "obsm"):
-        present = set(reader.root[kind].keys()) if kind in reader.root else set()
         for key in getattr(planned, kind):
-            if key in present:
+            if key in present[kind]:
                 (replaced if key in ours.get(kind, []) else foreign).append(f"{kind}/{key}")
     if foreign:
         raise ValueError(
-            f"{reader.location} already holds {', '.join(foreign)}, which no scNym run wrote: "
+            f"{where} already holds {', '.join(foreign)}, which no scNym run wrote: "
             "pass another --key-added, or --output to write the results elsewhere"
         )
     return KeysToWrite(planned.obs, planned.obsm, tuple(replaced))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,10 +20,21 @@ import pandas as pd
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from .blocks import DEFAULT_MIN_GENE_OVERLAP, BlockEncoder, GeneCoverage, plan_blocks
-from .contract import DEFAULT_KEY_ADDED, PROBABILITIES_UNS_KEY, ResultKeys
-from .model import OnnxModel, resolve_providers
+from .blocks import BlockEncoder, GeneCoverage, plan_blocks
+from .contract import (
+    ANNOTATE_RECORD_KEY,
+    DEFAULT_KEY_ADDED,
+    DEFAULT_MIN_GENE_OVERLAP,
+    PROBABILITIES_UNS_KEY,
+    RAW_LAYER,
+    ResultKeys,
+)
+from .guards import check_key_added, check_keys, check_output, keys_in_record, keys_to_write
+from .model import OnnxModel, resolve_model, resolve_providers
+from .result import AnnotationResult, run_record
+from .settings import AnnotateSettings
 from .store import DEFAULT_BLOCK_ROWS, StoreReader
+from .writer import obs_columns, wide_keys, write_output
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +86,7 @@ def predict_matrix(
     batch_size: int = DEFAULT_BLOCK_ROWS,
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
     progress: bool = False,
+    alternatives: Sequence[str] = (),
 ) -> MatrixPrediction:
     """Classify the rows of ``X`` (cells x genes) with an exported model.
 
@@ -91,6 +104,8 @@ def predict_matrix(
         Least fraction of the model's genes ``X`` must hold.
     progress
         Show a progress bar.
+    alternatives
+        Other matrices of the data, named in the error when ``X`` is refused.
 
     Raises
     ------
@@ -109,6 +124,7 @@ def predict_matrix(
     reader = StoreReader(
         location="the data", root=None, matrix=X, var_names=pd.Index(var_names).astype(str),
         n_obs=X.shape[0], chunk_rows=1, is_sparse=sparse.issparse(X), writable=False,
+        alternatives=tuple(alternatives),
     )  # fmt: skip
     plan = plan_blocks(reader, model, batch_size, min_gene_overlap)
     encoder = BlockEncoder(plan)
@@ -137,26 +153,30 @@ def write_prediction(
     classes: Sequence[str],
     key_added: str = DEFAULT_KEY_ADDED,
     empty: np.ndarray | None = None,
+    unknown_threshold: float | None = None,
 ) -> None:
     """Write in-memory prediction's keys into ``adata`` (torch and ONNX models alike).
 
-    ``obs[key_added]`` (categorical over the model's classes; missing for the
-    ``empty`` cells, which hold no counts), ``obs[key_added + '_confidence']`` (NaN
-    for those), ``uns['scNym_probabilities']`` (cells x classes) and ``obsm['X_scnym']``.
+    The obs columns of :func:`scnym.infer.annotate` (``obs[key_added]``, its
+    ``_confidence`` and, with a threshold, ``_unknown``; no label for the
+    ``empty`` cells, which hold no counts), ``uns['scNym_probabilities']`` (cells x
+    classes, as scNym 0.3.2 wrote it) and ``obsm['X_scnym']``.
     """
-    keys = ResultKeys(key_added)
     empty = np.zeros(len(probabilities), dtype=bool) if empty is None else np.asarray(empty)
-    codes = np.where(empty, -1, probabilities.argmax(axis=1))
-    adata.obs[keys.label] = pd.Categorical.from_codes(codes, categories=list(classes))
-    adata.obs[keys.confidence] = np.where(empty, np.nan, probabilities.max(axis=1)).astype(
-        np.float32
-    )
+    columns = obs_columns(
+        probabilities.argmax(axis=1), probabilities.max(axis=1).astype(np.float32), empty,
+        list(classes), key_added, unknown_threshold,
+    )  # fmt: skip
+    for name, values in columns.items():
+        adata.obs[name] = values
     adata.uns[PROBABILITIES_UNS_KEY] = pd.DataFrame(
         probabilities, columns=list(classes), index=adata.obs_names
     )
-    adata.obsm[keys.embedding] = embedding.astype(np.float32)
+    adata.obsm[ResultKeys(key_added).embedding] = embedding.astype(np.float32)
     if empty.any():
-        logger.warning("%d cells hold no counts: they get no label", int(empty.sum()))
+        logger.warning(
+            "%d cells hold no counts in the model's genes: they get no label", int(empty.sum())
+        )
 
 
 def predict_adata(
@@ -164,6 +184,8 @@ def predict_adata(
     model: str | os.PathLike,
     key_added: str = DEFAULT_KEY_ADDED,
     device: str = "auto",
+    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+    threads: int | None = None,
 ) -> MatrixPrediction:
     """Annotate an in-memory AnnData with an exported model, torch-free.
 
@@ -172,22 +194,117 @@ def predict_adata(
     adata
         Raw counts or log1p(CPM) in ``X``.
     model
-        The ``.onnx`` file.
+        The ``.onnx`` file, or a registry model name.
     key_added
         Name of the label column.
     device
         ``'auto'``, ``'cpu'`` or ``'cuda'`` (torch spellings such as ``'cuda:0'`` too).
+    min_gene_overlap
+        Least fraction of the model's genes ``adata`` must hold.
+    threads
+        onnxruntime intra-op threads.
     """
     device = str(device)
     ort_device = "auto" if device == "auto" else "cuda" if device.startswith("cuda") else "cpu"
-    onnx_model = OnnxModel(model, providers=resolve_providers(ort_device))
-    result = predict_matrix(onnx_model, adata.X, adata.var_names)
+    onnx_model = OnnxModel(
+        resolve_model(model), providers=resolve_providers(ort_device), threads=threads
+    )
+    result = predict_matrix(
+        onnx_model, adata.X, adata.var_names, min_gene_overlap=min_gene_overlap,
+        alternatives=alternatives_of(adata, None),
+    )  # fmt: skip
     cov = result.coverage
     logger.info(
         "Found %d of %d model genes in the data (%.1f%% of counts); predicting with %s",
         cov.n_found, cov.n_model_genes, 100 * cov.counts_fraction, model,
     )  # fmt: skip
     write_prediction(
-        adata, result.probabilities, result.embedding, result.classes, key_added, result.empty
-    )
+        adata, result.probabilities, result.embedding, result.classes, key_added, result.empty,
+        onnx_model.metadata.get("confidence_threshold"),
+    )  # fmt: skip
     return result
+
+
+def matrix_of(adata: anndata.AnnData, layer: str | None, gene_key: str | None):
+    """(matrix, gene names) of ``X``, ``layers[layer]`` or, for ``'raw'``, ``adata.raw``.
+
+    Raises
+    ------
+    ValueError
+        For a missing layer or gene key (naming what there is).
+    """
+    var = adata.var
+    if layer is None:
+        X = adata.X
+    elif layer in adata.layers:
+        X = adata.layers[layer]
+    elif layer == RAW_LAYER and adata.raw is not None:
+        X, var = adata.raw.X, adata.raw.var
+    else:
+        raw = " (and no adata.raw)" if layer == RAW_LAYER else ""
+        raise ValueError(f"The AnnData has no layer {layer!r}{raw}; layers: {list(adata.layers)}")
+    if gene_key is None:
+        return X, var.index.astype(str)
+    if gene_key not in var.columns:
+        raise ValueError(
+            f"--gene-key {gene_key!r} is not a var column; columns: {list(var.columns)}"
+        )
+    return X, pd.Index(var[gene_key].astype(str))
+
+
+def alternatives_of(adata: anndata.AnnData, layer: str | None) -> list[str]:
+    """The matrices of ``adata`` other than ``layer`` that ``--layer`` could read."""
+    raw = [RAW_LAYER] if adata.raw is not None and layer != RAW_LAYER else []
+    return [key for key in [*adata.layers.keys(), *raw] if key != layer]
+
+
+def annotate_adata(adata: anndata.AnnData, settings: AnnotateSettings) -> AnnotationResult:
+    """:func:`scnym.infer.annotate` on an AnnData in memory: the same checks, keys and record."""
+    start = time.perf_counter()
+    output = settings.output_path
+    check_output(output, None, settings.overwrite)
+    check_key_added(settings.key_added)
+    X, var_names = matrix_of(adata, settings.layer, settings.gene_key)
+    model = OnnxModel(
+        resolve_model(settings.model), providers=resolve_providers(settings.device),
+        threads=settings.threads,
+    )  # fmt: skip
+    threshold = settings.threshold(model)
+    wide = wide_keys(output, settings.write_probabilities)
+    planned = keys_to_write(settings.key_added, wide, threshold is not None)
+    earlier = {} if output is not None else keys_in_record(adata.uns.get(ANNOTATE_RECORD_KEY))
+    if output is None:
+        present = {"obs": set(adata.obs.columns), "obsm": set(adata.obsm.keys())}
+        planned = check_keys("The AnnData", present, earlier, planned)
+    prediction = predict_matrix(
+        model, X, var_names, settings.batch_size or DEFAULT_BLOCK_ROWS,
+        settings.min_gene_overlap, settings.progress, alternatives_of(adata, settings.layer),
+    )  # fmt: skip
+    columns = obs_columns(
+        prediction.probabilities.argmax(axis=1), prediction.probabilities.max(axis=1),
+        prediction.empty, prediction.classes, settings.key_added, threshold,
+    )  # fmt: skip
+    record = {
+        **run_record(str(settings.model), model, prediction.coverage, prediction.input_kind,
+                     settings.layer, threshold),
+        "n_cells_without_counts": int(prediction.empty.sum()),
+        "key_added": settings.key_added,
+        "written": planned.as_record(earlier),
+        "replaced": list(planned.replaced),
+    }  # fmt: skip
+    keys = ResultKeys(settings.key_added)
+    arrays = {"embedding": prediction.embedding, "probabilities": prediction.probabilities}
+    obsm = {getattr(keys, name): arrays[name] for name in wide}
+    if output is None:
+        for name, values in columns.items():
+            adata.obs[name] = values
+        adata.obsm.update(obsm)
+        adata.uns[ANNOTATE_RECORD_KEY] = {k: v for k, v in record.items() if v is not None}
+    else:
+        write_output(output, columns, adata.obs_names, record, obsm)
+    return AnnotationResult(
+        columns=columns, coverage=prediction.coverage, n_cells=adata.n_obs,
+        seconds=time.perf_counter() - start, written_to=output or "the AnnData", record=record,
+        key_added=settings.key_added, embedding=prediction.embedding,
+        probabilities=prediction.probabilities, obs_names_source=lambda: adata.obs_names,
+    )  # fmt: skip

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +47,35 @@ def resolve_providers(device: Device = "cpu") -> list[str]:
             "(onnxruntime-gpu, in place of onnxruntime) or use --device cpu."
         )
     return ["CPUExecutionProvider"]
+
+
+#: Entry-point group of functions turning a model name into a file (the registry's:
+#: ``scnym.models.model_file``). This package cannot import the registry, which sits
+#: above it; the entry point inverts that dependency.
+RESOLVERS_GROUP = "scnym.model_resolvers"
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """The ONNX file ``model`` names: a file as it is, else a registry model's verified file.
+
+    Raises
+    ------
+    ValueError
+        For a model directory (it needs ``scnym export`` first), or a name that
+        no resolver knows (the registry's message lists its models).
+    """
+    path = Path(model)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ValueError(
+            f"{model} is a model directory: onnxruntime reads an exported file. Export it once "
+            f"with `scnym export {model} -o model.onnx` (needs torch), then pass model.onnx"
+        )
+    resolvers = entry_points(group=RESOLVERS_GROUP)
+    if not resolvers:
+        raise FileNotFoundError(f"ONNX model {model} does not exist")
+    return Path(next(iter(resolvers)).load()(str(model)))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

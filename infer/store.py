@@ -19,6 +19,7 @@ import zarr
 from anndata.io import read_elem, sparse_dataset
 from scipy import sparse
 
+from .contract import RAW_LAYER
 from .fileio import is_url
 
 #: Rows per block when the store's chunking gives no better hint. The dense input
@@ -60,6 +61,8 @@ class StoreReader:
     writable: bool
     layer: str | None = None
     gene_key: str | None = None
+    #: The store's other matrices, for ``--layer`` (layers, and 'raw' for raw/X).
+    alternatives: tuple[str, ...] = ()
     _h5: h5py.File | None = field(default=None, repr=False)
     #: The fsspec file a remote h5ad is read through.
     _handle: Any = field(default=None, repr=False)
@@ -172,13 +175,14 @@ def open_store(
         location=location,
         root=root,
         matrix=matrix,
-        var_names=_var_names(root, gene_key),
+        var_names=_var_names(root, gene_key, name),
         n_obs=int(matrix.shape[0]),
         chunk_rows=chunk_rows,
         is_sparse=csr is not None,
         writable=can_write,
         layer=layer,
         gene_key=gene_key,
+        alternatives=_alternatives(root, name),
         _h5=root if isinstance(root, h5py.File) else None,
         _handle=handle,
         _csr=csr,
@@ -186,16 +190,19 @@ def open_store(
 
 
 def _matrix_element(root, location: str, layer: str | None):
-    """The element of ``X`` or ``layers[layer]``, and its name."""
+    """The element of ``X``, ``layers[layer]`` or (``'raw'``) ``raw/X``, and its name."""
     if layer is None:
         if "X" not in root:
             raise ValueError(f"{location} has no X matrix; pass --layer to read a layer")
         return root["X"], "X"
     layers = root["layers"] if "layers" in root else {}
-    if layer not in layers:
-        available = list(layers.keys()) if hasattr(layers, "keys") else []
-        raise ValueError(f"{location} has no layer {layer!r}; layers: {available}")
-    return layers[layer], f"layers/{layer}"
+    if layer in layers:
+        return layers[layer], f"layers/{layer}"
+    if layer == RAW_LAYER and "raw" in root and "X" in root["raw"]:
+        return root["raw"]["X"], "raw/X"
+    available = list(layers.keys()) if hasattr(layers, "keys") else []
+    raw = " (and no raw/X)" if layer == RAW_LAYER else ""
+    raise ValueError(f"{location} has no layer {layer!r}{raw}; layers: {available}")
 
 
 def _backed_matrix(element, location: str, name: str):
@@ -223,6 +230,13 @@ def _backed_matrix(element, location: str, name: str):
     return matrix, (element["indptr"], element["indices"], data), chunk_rows
 
 
+def _alternatives(root, name: str) -> tuple[str, ...]:
+    """The matrices other than ``name`` that ``--layer`` could read."""
+    layers = [f"{key}" for key in (root["layers"].keys() if "layers" in root else [])]
+    raw = [RAW_LAYER] if "raw" in root and "X" in root["raw"] and name != "raw/X" else []
+    return tuple(key for key in [*layers, *raw] if f"layers/{key}" != name)
+
+
 def _check_chunks(element, location: str, name: str) -> None:
     """Refuse a CSR element whose zarr arrays lack chunks: they would read as zeros.
 
@@ -244,9 +258,9 @@ def _check_chunks(element, location: str, name: str) -> None:
             )
 
 
-def _var_names(root, gene_key: str | None) -> pd.Index:
-    """Gene identifiers: the ``var`` index, or ``var[gene_key]``."""
-    var = read_elem(root["var"])
+def _var_names(root, gene_key: str | None, name: str = "X") -> pd.Index:
+    """Gene identifiers of the matrix ``name``: the ``var`` index, or ``var[gene_key]``."""
+    var = read_elem(root["raw"]["var"] if name == "raw/X" else root["var"])
     if gene_key is None:
         return pd.Index(var.index.astype(str))
     if gene_key in var.columns:
@@ -276,7 +290,23 @@ def aligned_block_rows(chunk_rows: int, requested: int | None) -> int:
 
 def read_obs_names(reader: StoreReader) -> pd.Index:
     """The ``obs`` index of the store."""
-    obs = reader.root["obs"]
+    return _obs_names(reader.root)
+
+
+def read_obs_names_at(location: str) -> pd.Index:
+    """The ``obs`` index of the store at ``location`` (opened for this read only)."""
+    root, _, handle = _open_root(location, "r")
+    try:
+        return _obs_names(root)
+    finally:
+        if isinstance(root, h5py.File):
+            root.close()
+        if handle is not None:
+            handle.close()
+
+
+def _obs_names(root) -> pd.Index:
+    obs = root["obs"]
     index_key = obs.attrs.get("_index", "_index")
     return pd.Index([str(name) for name in read_elem(obs[index_key])])
 
@@ -287,5 +317,6 @@ __all__ = [
     "block_bounds",
     "open_store",
     "read_obs_names",
+    "read_obs_names_at",
 ]
 _ = anndata  # anndata registers the element readers used above

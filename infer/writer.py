@@ -81,7 +81,7 @@ def _gather(partial: PartialResults, plan: BlockPlan, key: str) -> np.ndarray:
     return np.concatenate([partial.load(start, [key])[key] for start, _ in plan.bounds])
 
 
-def _obs_columns(
+def obs_columns(
     predicted: np.ndarray,
     confidence: np.ndarray,
     empty: np.ndarray,
@@ -89,19 +89,25 @@ def _obs_columns(
     key_added: str,
     unknown_threshold: float | None,
 ) -> dict[str, object]:
-    """The obs columns; cells without counts get no label and confidence NaN."""
+    """The obs columns; cells without counts get no label and confidence NaN.
+
+    The categories are the classes some cell received (scanpy's plots index
+    their colours and groups by them).
+    """
     keys = ResultKeys(key_added)
     # codes, not strings: per-cell string arrays were most of the memory that grew
     # with the number of cells; code -1 is a missing label
     codes = np.where(empty, -1, predicted)
     confidence = np.where(empty, np.float32(np.nan), confidence)
-    labels = pd.Categorical.from_codes(codes, categories=classes)
+    labels = pd.Categorical.from_codes(codes, categories=classes).remove_unused_categories()
     columns: dict[str, object] = {keys.label: labels, keys.confidence: confidence}
     if unknown_threshold is not None:
         unsure = empty | (confidence < unknown_threshold)
         codes = np.where(unsure, len(classes), predicted)
         categories = [*classes, UNKNOWN_LABEL]
-        columns[keys.unknown] = pd.Categorical.from_codes(codes, categories=categories)
+        columns[keys.unknown] = pd.Categorical.from_codes(
+            codes, categories=categories
+        ).remove_unused_categories()
     return columns
 
 
@@ -138,30 +144,42 @@ def write_results(
     output: str | None,
     record: dict,
     unknown_threshold: float | None,
-) -> tuple[str, np.ndarray, np.ndarray, dict]:
-    """Write the results of every block; returns (where, labels, confidences, record)."""
+) -> tuple[str, dict[str, object], dict]:
+    """Write the results of every block; returns (where, obs columns, record)."""
     predicted = _gather(partial, plan, "predicted")
     empty = _gather(partial, plan, "empty")
     record = {**record, "n_cells_without_counts": int(empty.sum()), "classes": list(classes),
               "key_added": key_added}  # fmt: skip
-    columns = _obs_columns(
+    columns = obs_columns(
         predicted, _gather(partial, plan, "confidence"), empty, classes, key_added,
         unknown_threshold,
     )  # fmt: skip
-    confidence = columns[ResultKeys(key_added).confidence]
     keys = ResultKeys(key_added)
     wide = {getattr(keys, key): partial.wide_path(key) for key in partial.wide.keys}
-    labels = np.asarray(columns[key_added])  # object array sharing the class-name strings
-
     if output is None:
         _write_into(reader.root, columns, wide, record)
         reader.reconsolidate()
-        return reader.location, labels, confidence, record
+        return reader.location, columns, record
+    write_output(output, columns, read_obs_names(reader), record, wide)
+    return output, columns, record
 
-    obs_names = read_obs_names(reader)
+
+def write_output(
+    output: str,
+    columns: dict[str, object],
+    obs_names: pd.Index,
+    record: dict,
+    wide: dict[str, Path | np.ndarray],
+) -> None:
+    """Write results to a new ``output``: the obs columns as a table, or an AnnData.
+
+    ``wide`` maps obsm names to zarr arrays on disk (moved or copied in) or to
+    arrays in memory. An existing output is replaced (the caller checked that
+    it may be).
+    """
     suffix = Path(output).suffix.lower()
-    frame = pd.DataFrame(columns, index=obs_names)
     if suffix in TABLE_SUFFIXES:
+        frame = pd.DataFrame(columns, index=obs_names)
         if suffix == ".csv":
             frame.to_csv(output)
         else:
@@ -169,15 +187,17 @@ def write_results(
         Path(output).with_suffix(suffix + ".json").write_text(
             json.dumps(_clean_record(record), indent=1)
         )
-        return output, labels, confidence, record
-    results = anndata.AnnData(obs=pd.DataFrame(index=obs_names))
+        return
+    in_memory = {name: values for name, values in wide.items() if isinstance(values, np.ndarray)}
+    on_disk = {name: path for name, path in wide.items() if name not in in_memory}
+    results = anndata.AnnData(obs=pd.DataFrame(index=obs_names), obsm=in_memory)
     if suffix == ".zarr":
+        shutil.rmtree(output, ignore_errors=True)
         results.write_zarr(output)
         group = zarr.open_group(output, mode="r+", use_consolidated=False)
-        _write_into(group, columns, wide, record)
+        _write_into(group, columns, on_disk, record)
         zarr.consolidate_metadata(output)
     else:
         results.write_h5ad(output)
         with h5py.File(output, "r+") as fh:
-            _write_into(fh, columns, wide, record)
-    return output, labels, confidence, record
+            _write_into(fh, columns, on_disk, record)

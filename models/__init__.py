@@ -23,6 +23,7 @@ from .cache import (
     entry_path,
     entry_status,
     fetch,
+    model_file,
     resolve,
     verify,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "entry_status",
     "fetch",
     "load_registry",
+    "model_file",
     "resolve",
     "verify",
 ]

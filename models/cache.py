@@ -153,6 +153,28 @@ def resolve(
     return path
 
 
+def model_file(name: str) -> Path:
+    """The verified file of the registry model ``name``: the resolver of model names.
+
+    ``scnym.infer`` finds it through the ``scnym.model_resolvers`` entry point
+    (it cannot import the registry), so that every verb and function that takes
+    a model takes a registry name too.
+
+    Raises
+    ------
+    RegistryError
+        If the registry has no model of that name (the message lists them).
+    """
+    registry = as_registry(None)
+    if registry.find(name, kind="model") is None:
+        listed = ", ".join(registry.names("model")) or "none"
+        raise RegistryError(
+            f"--model {name}: no such file, and not a registry model (registry models: {listed}); "
+            "see `scnym models list`"
+        )
+    return resolve(name, registry, kind="model")
+
+
 def fetch(
     name: str, registry: Registry | str | os.PathLike | None = None, progress: bool = True
 ) -> Path:

@@ -6,26 +6,8 @@ import json
 
 import click
 
-from .cache import entry_path, entry_status, fetch, resolve, verify
+from .cache import entry_path, entry_status, fetch, verify
 from .registry import load_registry
-
-
-def registry_model_file(model: str) -> str:
-    """The verified file of the registry model named ``model`` (for ``--model`` options).
-
-    Raises
-    ------
-    click.ClickException
-        If the registry has no model of that name.
-    """
-    registry = load_registry()
-    if registry.find(model, kind="model") is None:
-        listed = ", ".join(registry.names("model")) or "none"
-        raise click.ClickException(
-            f"--model {model}: no such file, and not a registry model (registry models: {listed}); "
-            "see `scnym models list`"
-        )
-    return str(resolve(model, registry, kind="model"))
 
 
 @click.group("models")

@@ -18,7 +18,7 @@ from typing import Any
 
 import anndata
 import numpy as np
-from scnym.infer.contract import DEFAULT_KEY_ADDED, TRAIN_RESULTS_KEY
+from scnym.infer.contract import DEFAULT_KEY_ADDED, DEFAULT_MIN_GENE_OVERLAP, TRAIN_RESULTS_KEY
 from scnym.infer.preprocessing import (
     check_unique_genes,
     gene_index_map,
@@ -104,6 +104,7 @@ def scnym_api(
     config: str | dict | Config = "new_identity_discovery",
     key_added: str = DEFAULT_KEY_ADDED,
     copy: bool = False,
+    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
 ) -> anndata.AnnData | None:
     """Train an scNym model or predict cell types with one.
 
@@ -132,6 +133,8 @@ def scnym_api(
         ``obs`` key of the predicted labels.
     copy
         Work on (and return) a copy of ``adata``, leaving the input untouched.
+    min_gene_overlap
+        Least fraction of the model's genes ``adata`` must hold (predict).
 
     Returns
     -------
@@ -168,7 +171,7 @@ def scnym_api(
             trained_model=trained_model,
         )
     else:
-        scnym_predict(adata, cfg, trained_model=trained_model, key_added=key_added)
+        scnym_predict(adata, cfg, trained_model, key_added, min_gene_overlap)
     return adata if copy else None
 
 
@@ -285,6 +288,7 @@ def scnym_predict(
     config: str | dict | Config = "new_identity_discovery",
     trained_model: str | None = None,
     key_added: str = DEFAULT_KEY_ADDED,
+    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
 ) -> None:
     """Annotate ``adata`` in place with a trained model.
 
@@ -293,8 +297,8 @@ def scnym_predict(
     a model directory (torch; the architecture is read from it, not from
     ``config``), an ONNX file written by ``scnym export``, or a registry model
     name (``'pretrained_human'``, ``scnym models list``). ONNX files and
-    registry models run torch-free with onnxruntime; they refuse data holding
-    less than half of the model's genes.
+    registry models run torch-free with onnxruntime. Data holding less than
+    ``min_gene_overlap`` of the model's genes is refused.
     """
     config, run = _split_run_keys(config)
     trained_model = run.get("trained_model", run.get("model_weights", trained_model))
@@ -308,7 +312,7 @@ def scnym_predict(
     check_unique_genes(adata.var_names)
     onnx = onnx_file(str(trained_model))
     if onnx is not None:
-        predict_onnx(adata, onnx, key_added, cfg.device)
+        predict_onnx(adata, onnx, key_added, cfg.device, min_gene_overlap)
         return
     if not Path(trained_model).exists():
         raise FileNotFoundError(
@@ -316,7 +320,7 @@ def scnym_predict(
             "registry model name (see `scnym models list`)"
         )
     bundle = load_model_dir(trained_model, map_location=resolve_device(cfg.device))
-    predict_bundle(adata, bundle, key_added)
+    predict_bundle(adata, bundle, key_added, min_gene_overlap)
 
 
 __all__ = [

@@ -13,17 +13,20 @@ import errno
 import logging
 import sys
 import traceback
+import warnings
 
 import click
 from scnym.export.commands import export, inspect
-from scnym.infer.commands import MODEL_RESOLVER, annotate
-from scnym.models.commands import models_group, registry_model_file
+from scnym.infer.commands import annotate
+from scnym.models.commands import models_group
 
 from . import __version__
 from .commands import configs, demo, predict, train
 
 #: Failures a user can act on: shown as one ``Error:`` line (``-v`` adds the traceback).
 USER_ERRORS = (ValueError, NotImplementedError, RuntimeError, OSError)
+#: Modules whose warnings the command line hides unless ``-v``.
+THIRD_PARTY_WARNINGS = r"^(zarr|anndata|numcodecs|onnxruntime|onnx|torch|h5py|dask|distributed)\b"
 #: ``click.Context.meta`` key: whether ``-v`` was given.
 VERBOSE = "scnym.verbose"
 
@@ -50,6 +53,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own exits (--help is a RuntimeError) and messages
         except USER_ERRORS as err:
             if ctx.meta.get(VERBOSE):
                 traceback.print_exc()
@@ -66,8 +71,11 @@ def main(ctx: click.Context, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ctx.meta[MODEL_RESOLVER] = registry_model_file
     ctx.meta[VERBOSE] = verbose
+    if not verbose:
+        # third-party notices a user cannot act on (zarr format notes, anndata's future
+        # changes, onnxruntime's quantisation hints); ``-v`` shows them
+        warnings.filterwarnings("ignore", module=THIRD_PARTY_WARNINGS)
 
 
 for command in (train, predict, demo, configs, export, inspect, annotate, models_group):

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import click
-from scnym.infer.contract import DEFAULT_KEY_ADDED, TRAIN_RESULTS_KEY
+from scnym.infer.contract import DEFAULT_KEY_ADDED, DEFAULT_MIN_GENE_OVERLAP, TRAIN_RESULTS_KEY
 
 from .config import GENE_SELECTIONS
 
@@ -32,7 +32,8 @@ def _read_h5ad(path: str):
     show_default=True,
     help="Preset name or a JSON file of config overrides.",
 )
-@click.option("--out", "out_path", default="./scnym_outputs", show_default=True, type=click.Path())
+@click.option("-o", "--output", "--out", "out_path", default="./scnym_outputs", show_default=True,
+              type=click.Path(), help="Folder of the model directory.")  # fmt: skip
 @click.option("--epochs", type=int, default=None, help="Override n_epochs.")
 @click.option("--device", default=None, help="auto, cpu or cuda (default: the config's, auto).")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the config's, 0).")
@@ -94,6 +95,19 @@ def train(
         f"Model written to {out_path}: {results['n_cell_types']} classes, "
         f"{results['n_genes']} genes, held-out accuracy {results['final_acc']:.3f}"
     )
+    click.echo(stopping_note(results, config.updated(overrides)))
+
+
+def stopping_note(results: dict, config) -> str:
+    """How training ended: all epochs, or early (and why), and which epoch's weights were kept."""
+    run, planned = int(results["n_epochs_run"]), int(config.n_epochs)
+    best = int(results["best_epoch"]) + 1
+    if run < planned:
+        return (
+            f"Stopped early after {run} of {planned} epochs: the validation loss had not improved "
+            f"for {config.patience} epochs; the weights of epoch {best} are kept"
+        )
+    return f"Trained all {planned} epochs; the weights of epoch {best} are kept"
 
 
 @click.command()
@@ -107,9 +121,15 @@ def train(
 @click.option("-o", "--output", "--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Annotated h5ad (default: DATA with '_scnym' appended).")  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (never DATA).")
+@click.option("--layer", default=None, help="Read this layer instead of X ('raw': adata.raw).")
+@click.option("--gene-key", default=None, help="var column holding the gene identifiers.")
 @click.option("--key-added", default=DEFAULT_KEY_ADDED, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-def predict(data, model_dir, out_file, overwrite, key_added, device) -> None:
+@click.option("--min-gene-overlap", type=float, default=DEFAULT_MIN_GENE_OVERLAP, show_default=True,
+              help="Least fraction of the model's genes the data must hold.")  # fmt: skip
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--threads", type=int, default=None, help="CPU threads (torch or onnxruntime).")
+def predict(data, model_dir, out_file, overwrite, layer, gene_key, key_added, min_gene_overlap,
+            device, threads) -> None:  # fmt: skip
     """Annotate DATA.h5ad in memory with a trained model.
 
     A model directory runs through torch; an ONNX file or a registry model
@@ -120,29 +140,53 @@ def predict(data, model_dir, out_file, overwrite, key_added, device) -> None:
     out_file = out_file or str(Path(data).with_name(Path(data).stem + "_scnym.h5ad"))
     check_output(out_file, data, overwrite)
     adata = _read_h5ad(data)
-    if Path(model_dir).is_dir():
-        from .api import scnym_api
-
-        scnym_api(
-            adata,
-            task="predict",
-            trained_model=model_dir,
-            key_added=key_added,
-            config={"device": device},
-        )
-    else:
-        from scnym.infer.commands import model_file
-        from scnym.infer.memory import predict_adata
-
-        predict_adata(adata, model_file(model_dir), key_added=key_added, device=device)
+    _predict(adata, model_dir, key_added, device, layer, gene_key, min_gene_overlap, threads)
     adata.write_h5ad(out_file)
     counts = adata.obs[key_added].value_counts()
     click.echo(f"Wrote {out_file}: {adata.n_obs} cells annotated")
     click.echo(counts.to_string())
 
 
+def _predict(adata, model, key_added, device, layer, gene_key, min_gene_overlap, threads) -> None:
+    """Predict on ``layer`` of ``adata`` (genes named by ``gene_key``); keys written into ``adata``."""
+    from scnym.infer.contract import PROBABILITIES_UNS_KEY, ResultKeys
+    from scnym.infer.memory import matrix_of
+
+    query = adata
+    if layer is not None or gene_key is not None:
+        import anndata
+        import pandas as pd
+
+        X, var_names = matrix_of(adata, layer, gene_key)
+        query = anndata.AnnData(
+            X=X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=var_names)
+        )
+    if Path(model).is_dir():
+        import torch
+
+        from .api import scnym_api
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        scnym_api(query, task="predict", trained_model=model, key_added=key_added,
+                  config={"device": device}, min_gene_overlap=min_gene_overlap)  # fmt: skip
+    else:
+        from scnym.infer.commands import model_file
+        from scnym.infer.memory import predict_adata
+
+        predict_adata(query, model_file(model), key_added, device, min_gene_overlap, threads)
+    if query is not adata:
+        keys = ResultKeys(key_added)
+        for column in (keys.label, keys.confidence, keys.unknown):
+            if column in query.obs:
+                adata.obs[column] = query.obs[column].values
+        adata.obsm[keys.embedding] = query.obsm[keys.embedding]
+        adata.uns[PROBABILITIES_UNS_KEY] = query.uns[PROBABILITIES_UNS_KEY]
+
+
 @click.command()
-@click.option("--out", "out_path", default="scnym_demo", show_default=True, type=click.Path())
+@click.option("-o", "--output", "--out", "out_path", default="scnym_demo", show_default=True,
+              type=click.Path(), help="Folder of the demo's outputs.")  # fmt: skip
 @click.option("--epochs", type=int, default=None, help="Override n_epochs (default 100).")
 @click.option("--config", "config_name", default="new_identity_discovery", show_default=True)
 def demo(out_path, epochs, config_name) -> None:
@@ -176,4 +220,6 @@ def configs(show) -> None:
         click.echo(json.dumps(get_config(show).to_dict(), indent=1))
         return
     for name, make in PRESETS.items():
-        click.echo(f"{name:24s} {make().description}")
+        marks = {"new_identity_discovery": " (the default of train, the API and the demo)",
+                 "default": " (another name of no_new_identity)"}  # fmt: skip
+        click.echo(f"{name:24s} {make().description}{marks.get(name, '')}")

@@ -14,7 +14,7 @@ import pandas as pd
 from .config import Config
 from .fitting import Splits, make_splits
 
-#: Label of the target cells (unlabeled data for semi-supervision).
+#: Label of the target cells (unlabeled data for semi-supervision), matched in any case.
 UNLABELED_TOKEN = "Unlabeled"
 #: Fewest labeled cells that can be split into train / model-selection / validation sets.
 MIN_LABELED_CELLS = 20
@@ -37,7 +37,8 @@ def label_codes(adata: anndata.AnnData, groupby: str) -> tuple[np.ndarray, np.nd
             f"mark target cells with {UNLABELED_TOKEN!r} instead"
         )
     labels = column.astype(str).to_numpy()
-    unlabeled = labels == UNLABELED_TOKEN
+    unlabeled = np.char.lower(labels.astype(str)) == UNLABELED_TOKEN.lower()
+    _refuse_near_misses(labels[~unlabeled], groupby)
     class_names = sorted(np.unique(labels[~unlabeled]).tolist())
     n_labeled = int((~unlabeled).sum())
     if n_labeled < MIN_LABELED_CELLS or len(class_names) < 2:
@@ -48,6 +49,20 @@ def label_codes(adata: anndata.AnnData, groupby: str) -> tuple[np.ndarray, np.nd
         )
     codes = pd.Categorical(labels, categories=class_names).codes.astype(np.int64)
     return codes, unlabeled, class_names
+
+
+#: Spellings of "unlabeled" that are not the marker but would be learned as a cell type.
+_NEAR_MISSES = {"unlabelled", "un-labeled", "un-labelled", "unlabel", "not labeled", "none", "nan"}
+
+
+def _refuse_near_misses(labels: np.ndarray, groupby: str) -> None:
+    """Refuse labels that look meant as the unlabeled marker (any case of it is the marker)."""
+    found = sorted({label for label in np.unique(labels) if label.strip().lower() in _NEAR_MISSES})
+    if found:
+        raise ValueError(
+            f"obs[{groupby!r}] holds {found}, which would be learned as a cell type: mark "
+            f"target cells with {UNLABELED_TOKEN!r} (any case), or rename them if they are a type"
+        )
 
 
 def labeled_splits(adata: anndata.AnnData, labeled_rows: np.ndarray, cfg: Config) -> Splits:

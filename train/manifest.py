@@ -68,12 +68,11 @@ def _data_summary(
 ) -> dict[str, Any]:
     """Cells, unlabeled cells, cells per class (and per domain) of the training data."""
     labels = adata.obs[groupby].astype(str)
+    unlabeled = labels.str.lower() == UNLABELED_TOKEN.lower()
     summary = {
         "n_cells": int(adata.n_obs),
-        "n_unlabeled": int((labels == UNLABELED_TOKEN).sum()),
-        "cells_per_class": {
-            str(k): int(v) for k, v in labels[labels != UNLABELED_TOKEN].value_counts().items()
-        },
+        "n_unlabeled": int(unlabeled.sum()),
+        "cells_per_class": {str(k): int(v) for k, v in labels[~unlabeled].value_counts().items()},
         "groupby": groupby,
         "domain_groupby": domain_groupby,
     }

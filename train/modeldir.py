@@ -92,6 +92,16 @@ class ModelBundle:
     def class_names(self) -> list[str]:
         return self.manifest["class_names"]
 
+    @property
+    def confidence_threshold(self) -> float | None:
+        """Confidence below which predictions are ``'Unknown'`` (the config's pseudolabel
+        threshold; None when the model was trained without one)."""
+        threshold = self.manifest.get("confidence_threshold")
+        if threshold is None:
+            config = self.manifest.get("config", {})
+            threshold = config.get("ssl_kwargs", {}).get("pseudolabel_min_confidence") or None
+        return threshold
+
 
 def write_model_dir(
     out_path: str | Path, results: dict[str, Any], manifest: dict[str, Any]

@@ -14,6 +14,7 @@ from pathlib import Path
 import anndata
 import numpy as np
 import torch
+from scnym.infer.contract import DEFAULT_MIN_GENE_OVERLAP
 from scnym.infer.memory import predict_adata, write_prediction
 from scnym.infer.preprocessing import align_genes, gene_index_map, to_log1p_cpm
 
@@ -43,27 +44,37 @@ def predict_arrays(
     return np.concatenate(probs), np.concatenate(embeds)
 
 
-def predict_bundle(adata: anndata.AnnData, bundle: ModelBundle, key_added: str) -> None:
+def predict_bundle(
+    adata: anndata.AnnData,
+    bundle: ModelBundle,
+    key_added: str,
+    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+) -> None:
     """Predict with a loaded model directory, writing the prediction keys.
 
     Raises
     ------
     ValueError
-        When none of the model's genes are in ``adata.var_names``.
+        When ``adata`` holds less than ``min_gene_overlap`` of the model's genes
+        (or none of them).
     """
     found = gene_index_map(adata.var_names, bundle.gene_names) >= 0
-    if not found.any():
+    if not found.any() or found.mean() < min_gene_overlap:
         raise ValueError(
-            f"None of the model's {len(bundle.gene_names)} genes are in adata.var_names "
-            f"(model genes start {bundle.gene_names[:3]}, data {list(adata.var_names[:3])}); "
-            "check the gene identifiers (symbols vs Ensembl IDs) and the species."
+            f"Only {int(found.sum())} of the model's {len(bundle.gene_names)} genes "
+            f"({found.mean():.1%}) are in adata.var_names (minimum {min_gene_overlap:.0%}; "
+            f"model genes start {bundle.gene_names[:3]}, data {list(adata.var_names[:3])}): "
+            "check the gene identifiers (symbols vs Ensembl IDs) and the species, or lower "
+            "min_gene_overlap (--min-gene-overlap) to proceed anyway."
         )
     logger.info("Found %d of %d model genes in the data", int(found.sum()), len(found))
     X, _ = to_log1p_cpm(adata.X)
     empty = np.asarray(X.sum(axis=1)).ravel() <= 0
     X = align_genes(X, adata.var_names, bundle.gene_names)
     probs, embedding = predict_arrays(bundle, X)
-    write_prediction(adata, probs, embedding, bundle.class_names, key_added, empty)
+    write_prediction(
+        adata, probs, embedding, bundle.class_names, key_added, empty, bundle.confidence_threshold
+    )
 
 
 def onnx_file(trained_model: str) -> Path | None:
@@ -76,6 +87,12 @@ def onnx_file(trained_model: str) -> Path | None:
     return None
 
 
-def predict_onnx(adata: anndata.AnnData, path: Path, key_added: str, device: str) -> None:
+def predict_onnx(
+    adata: anndata.AnnData,
+    path: Path,
+    key_added: str,
+    device: str,
+    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+) -> None:
     """Predict torch-free with onnxruntime (:func:`scnym.infer.memory.predict_adata`)."""
-    predict_adata(adata, path, key_added=key_added, device=device)
+    predict_adata(adata, path, key_added, device, min_gene_overlap)

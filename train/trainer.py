@@ -53,6 +53,16 @@ class EpochRecord:
     best: bool = False
     seconds: float = 0.0
 
+    def summary(self) -> str:
+        """One readable line: the losses, validation scores, weights and time."""
+        best = ", best so far" if self.best else ""
+        return (
+            f"loss {self.train_loss:.3f} (supervised {self.sup_loss:.3f}, unsupervised "
+            f"{self.unsup_loss:.3f} x {self.unsup_weight:.2f}, adversary {self.dan_loss:.3f} x "
+            f"{self.dan_weight:.2f}), validation loss {self.val_loss:.3f}, accuracy "
+            f"{self.val_acc:.3f}{best}; {self.seconds:.1f} s"
+        )
+
 
 @dataclass
 class TrainHistory:
@@ -215,7 +225,7 @@ class Trainer:
                 val_loss=f"{record.val_loss:.3f}",
                 val_acc=f"{record.val_acc:.3f}",
             )
-            logger.info("epoch %d: %s", epoch, record)
+            logger.info("epoch %d: %s", epoch, record.summary())
             if self.patience is not None and waiting > self.patience:
                 self.history.stopped_early = True
                 break

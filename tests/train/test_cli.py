@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import anndata
 from click.testing import CliRunner
@@ -132,3 +133,59 @@ def test_predict_never_replaces_its_input_and_an_output_only_with_overwrite(
     assert again.exit_code == 1 and "exists: pass --overwrite" in again.output
     assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
     assert data.read_bytes() == before
+
+
+def test_the_unlabeled_marker_in_any_case_and_its_near_misses(tmp_path):
+    from scnym.labels import label_codes
+
+    adata = make_counts(n_cells=120, n_genes=30, seed=3)
+    adata.obs["label"] = adata.obs["label"].str.replace("Unlabeled", "unlabeled")
+    codes, unlabeled, classes = label_codes(adata, "label")
+    assert unlabeled.sum() == (adata.obs["label"] == "unlabeled").sum() > 0
+    assert "unlabeled" not in classes and (codes[unlabeled] == -1).all()
+    adata.obs["label"] = adata.obs["label"].str.replace("unlabeled", "unlabelled")
+    data = tmp_path / "cells.h5ad"
+    adata.write_h5ad(data)
+    result = CliRunner().invoke(main, ["train", str(data), "--groupby", "label", "--epochs", "1"])
+    assert result.exit_code == 1
+    assert "holds ['unlabelled'], which would be learned as a cell type" in result.output
+
+
+def test_every_verb_speaks_one_option_vocabulary():
+    def options(verb: str) -> str:
+        result = CliRunner().invoke(main, [*verb.split(), "--help"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    for verb in ("train", "predict", "export", "annotate", "demo"):
+        assert "-o, --output" in options(verb), verb
+    for verb in ("train", "predict", "annotate"):
+        assert "--threads" in options(verb) and "--device" in options(verb), verb
+    for verb in ("predict", "annotate"):
+        text = options(verb)
+        for option in ("--layer", "--gene-key", "--key-added", "--min-gene-overlap",
+                       "--overwrite"):  # fmt: skip
+            assert option in text, (verb, option)
+        assert "[default: auto]" in text.split("--device")[1].split("--")[0], verb
+
+
+def test_configs_names_the_default_and_inspect_rounds_its_figures(onnx_model):
+    shown = CliRunner().invoke(main, ["configs"]).output
+    assert "new_identity_discovery" in shown and "(the default of train, the API" in shown
+    inspected = CliRunner().invoke(main, ["inspect", str(onnx_model)]).output
+    metrics = next(line for line in inspected.splitlines() if line.startswith("Metrics:"))
+    decimals = re.findall(r"\d\.(\d+)", metrics)
+    assert decimals and max(len(d) for d in decimals) <= 7  # 4 significant digits, not 16
+
+
+def test_train_says_how_it_stopped_and_predict_on_cuda_names_onnxruntime(tmp_path, onnx_model):
+    data = tmp_path / "cells.h5ad"
+    make_counts(n_cells=200, n_genes=30, seed=2).write_h5ad(data)
+    result = CliRunner().invoke(main, ["train", str(data), "--groupby", "label", "--epochs", "3",
+                                       "-o", str(tmp_path / "m")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Trained all 3 epochs; the weights of epoch" in result.output
+    cuda = CliRunner().invoke(main, ["predict", str(data), "--model", str(onnx_model),
+                                     "--device", "cuda", "-o", str(tmp_path / "p.h5ad")])  # fmt: skip
+    assert cuda.exit_code == 1 and "onnxruntime's CUDA provider" in cuda.output
+    assert "torch" not in cuda.output
