@@ -71,6 +71,8 @@ EMBEDDING_KEY = "X_scnym"
 PROBABILITIES_UNS_KEY = "scNym_probabilities"
 #: ``uns`` key of the training results dict.
 TRAIN_RESULTS_KEY = "scNym_train_results"
+#: ``uns`` key of ``scnym explain``'s ranking (scanpy's ``rank_genes_groups`` structure).
+DEFAULT_EXPLAIN_KEY = "scNym_rank_genes"
 #: ``uns`` key of the record a streaming annotation run leaves.
 ANNOTATE_RECORD_KEY = "scNym_annotate"
 #: ``layer`` that reads ``adata.raw`` (unless the data has a layer of that name).

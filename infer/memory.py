@@ -31,6 +31,7 @@ from .contract import (
 )
 from .guards import check_key_added, check_keys, check_output, keys_in_record, keys_to_write
 from .model import OnnxModel, resolve_model, resolve_providers
+from .preprocessing import align_genes, gene_index_map, to_log1p_cpm
 from .result import AnnotationResult, run_record
 from .settings import AnnotateSettings
 from .store import DEFAULT_BLOCK_ROWS, StoreReader
@@ -308,3 +309,52 @@ def annotate_adata(adata: anndata.AnnData, settings: AnnotateSettings) -> Annota
         key_added=settings.key_added, embedding=prediction.embedding,
         probabilities=prediction.probabilities, obs_names_source=lambda: adata.obs_names,
     )  # fmt: skip
+
+
+def model_inputs(
+    adata: anndata.AnnData,
+    gene_names: Sequence[str],
+    layer: str | None = None,
+    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+) -> tuple[np.ndarray | sparse.csr_matrix, np.ndarray]:
+    """The model's input: log1p(CPM) of the model's genes, in the model's order.
+
+    Raw counts or log1p(CPM) are accepted (detected); each cell's library size is
+    taken over all its genes, then the model's genes are selected and reordered,
+    those missing from the data set to zero.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes, gene identifiers in ``var_names``.
+    gene_names
+        The model's genes, in its input order.
+    layer
+        Read this layer instead of ``X`` (``'raw'``: ``adata.raw``).
+    min_gene_overlap
+        Least fraction of the model's genes the data must hold.
+
+    Returns
+    -------
+    The float32 matrix ``[cells, model genes]`` (CSR when the data is sparse) and,
+    for each model gene, whether the data holds it.
+
+    Raises
+    ------
+    ValueError
+        For an unknown layer, less than ``min_gene_overlap`` of the model's genes
+        (or none) in the data, or data that is neither raw counts nor log1p(CPM).
+    """
+    matrix, var_names = matrix_of(adata, layer, None)
+    found = gene_index_map(var_names, gene_names) >= 0
+    if not found.any() or found.mean() < min_gene_overlap:
+        raise ValueError(
+            f"Only {int(found.sum())} of the model's {len(gene_names)} genes "
+            f"({found.mean():.1%}) are in adata.var_names (minimum {min_gene_overlap:.0%}; "
+            f"model genes start {list(gene_names[:3])}, data {list(var_names[:3])}): "
+            "check the gene identifiers (symbols vs Ensembl IDs) and the species, or lower "
+            "min_gene_overlap (--min-gene-overlap) to proceed anyway."
+        )
+    logger.info("Found %d of %d model genes in the data", int(found.sum()), len(found))
+    X, _ = to_log1p_cpm(matrix)
+    return align_genes(X, var_names, gene_names), found

@@ -21,7 +21,7 @@ from scnym.infer.commands import annotate
 from scnym.models.commands import models_group
 
 from . import __version__
-from .commands import configs, demo, predict, train
+from .commands import configs, demo, explain, predict, train
 
 #: Failures a user can act on: shown as one ``Error:`` line (``-v`` adds the traceback).
 USER_ERRORS = (ValueError, NotImplementedError, RuntimeError, OSError)
@@ -78,7 +78,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
         warnings.filterwarnings("ignore", module=THIRD_PARTY_WARNINGS)
 
 
-for command in (train, predict, demo, configs, export, inspect, annotate, models_group):
+for command in (train, predict, demo, configs, explain, export, inspect, annotate, models_group):
     main.add_command(command)
 
 

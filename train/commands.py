@@ -63,6 +63,7 @@ def train(
 
     from .api import scnym_api
     from .config import get_config
+    from .manifest import stopping_summary
 
     if threads is not None:
         # torch's OpenMP threads spin while they wait: more threads than free cores
@@ -95,19 +96,8 @@ def train(
         f"Model written to {out_path}: {results['n_cell_types']} classes, "
         f"{results['n_genes']} genes, held-out accuracy {results['final_acc']:.3f}"
     )
-    click.echo(stopping_note(results, config.updated(overrides)))
-
-
-def stopping_note(results: dict, config) -> str:
-    """How training ended: all epochs, or early (and why), and which epoch's weights were kept."""
-    run, planned = int(results["n_epochs_run"]), int(config.n_epochs)
-    best = int(results["best_epoch"]) + 1
-    if run < planned:
-        return (
-            f"Stopped early after {run} of {planned} epochs: the validation loss had not improved "
-            f"for {config.patience} epochs; the weights of epoch {best} are kept"
-        )
-    return f"Trained all {planned} epochs; the weights of epoch {best} are kept"
+    final = config.updated(overrides)
+    click.echo(stopping_summary(results, final.n_epochs, final.patience))
 
 
 @click.command()
@@ -193,12 +183,13 @@ def demo(out_path, epochs, config_name) -> None:
     """Train on the bundled Kang PBMCs, export, annotate the stimulated cells torch-free.
 
     Control cells are labelled, stimulated cells unlabelled; the report folder holds
-    training curves, a confusion matrix and a 2-D view of the embedding.
+    training curves, a confusion matrix, a 2-D view of the embedding and a saliency dotplot.
     """
     from .demo import run_demo
 
     result = run_demo(out_path=out_path, config=config_name, n_epochs=epochs)
     click.echo(f"Trained in {result.train_seconds:.0f} s; everything is in {out_path}/")
+    click.echo(result.training_summary)
     click.echo(
         f"Stimulated cells annotated torch-free from {out_path}/stim.zarr: "
         f"accuracy {result.accuracy:.3f}, balanced accuracy {result.balanced_accuracy:.3f}, "
@@ -223,3 +214,80 @@ def configs(show) -> None:
         marks = {"new_identity_discovery": " (the default of train, the API and the demo)",
                  "default": " (another name of no_new_identity)"}  # fmt: skip
         click.echo(f"{name:24s} {make().description}{marks.get(name, '')}")
+
+
+#: ``scnym.explain.METHODS``, spelled out so that the command line starts without numpy.
+EXPLAIN_METHODS = ("saliency", "guided", "integrated_gradients")
+
+
+@click.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", required=True,
+              help="Model directory (every method), or an ONNX file or registry name (saliency "
+              "only, by finite differences through onnxruntime).")  # fmt: skip
+@click.option("--groupby", required=True,
+              help="obs column of the groups: labels, clusters, or the prediction 'scNym' "
+              "(predicted with the model when absent).")  # fmt: skip
+@click.option("--method", type=click.Choice(EXPLAIN_METHODS), default="saliency", show_default=True)
+@click.option("--n-genes", type=int, default=50, show_default=True, help="Genes kept per group.")
+@click.option("--cells-per-group", type=int, default=100, show_default=True,
+              help="Cells sampled per group (seeded).")  # fmt: skip
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="CSV of group,rank,gene,score (default: DATA with '_explain.csv').")  # fmt: skip
+@click.option("--out-h5ad", default=None, type=click.Path(dir_okay=False),
+              help="Also write DATA with the ranking in uns[KEY_ADDED], scanpy's rank_genes_groups "
+              "structure.")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (never DATA).")
+@click.option("--dotplot", default=None, type=click.Path(dir_okay=False),
+              help="Draw each group's top 5 genes as a dot plot to this PNG.")  # fmt: skip
+@click.option(
+    "--key-added", default=None, help="uns key of the ranking (default scNym_rank_genes)."
+)
+@click.option("--layer", default=None, help="Read this layer instead of X ('raw': adata.raw).")
+@click.option("--min-gene-overlap", type=float, default=DEFAULT_MIN_GENE_OVERLAP, show_default=True,
+              help="Least fraction of the model's genes the data must hold.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cell sampling.")
+@click.option("--n-steps", type=int, default=100, show_default=True,
+              help="Riemann steps of integrated gradients.")  # fmt: skip
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+def explain(data, model, groupby, method, n_genes, cells_per_group, output, out_h5ad, overwrite,
+            dotplot, key_added, layer, min_gene_overlap, seed, n_steps, threads) -> None:  # fmt: skip
+    """Rank the genes that made the model call each group's cell type.
+
+    For each group of --groupby, the attributions of up to --cells-per-group of
+    its cells toward the group's class (or, for a group that is not a class, the
+    class the model predicts most often in it) are averaged per gene.
+    """
+    import torch
+    from scnym.infer.contract import DEFAULT_EXPLAIN_KEY
+    from scnym.infer.guards import check_output
+
+    from .interpret import rank_genes
+
+    output = output or str(Path(data).with_name(Path(data).stem + "_explain.csv"))
+    for path in (output, out_h5ad):
+        check_output(path, data, overwrite)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    adata = _read_h5ad(data)
+    key_added = key_added or DEFAULT_EXPLAIN_KEY
+    table = rank_genes(adata, model, groupby, method=method, n_genes=n_genes, seed=seed,
+                       cells_per_group=cells_per_group, key_added=key_added, layer=layer,
+                       n_steps=n_steps, min_gene_overlap=min_gene_overlap)  # fmt: skip
+    table.to_csv(output, index=False)
+    params = adata.uns[key_added]["params"]
+    targets = dict(zip(params["groups"], params["targets"], strict=True))
+    click.echo(f"Wrote {output}: top {n_genes} genes of {len(targets)} groups "
+               f"({method}, attributing the class {params['output']})")  # fmt: skip
+    for group, genes in table[table["rank"] <= 5].groupby("group", sort=False)["gene"]:
+        target = targets[group]
+        toward = "" if target == group else f" (-> {target})"
+        click.echo(f"  {group}{toward}: {', '.join(genes)}")
+    if out_h5ad:
+        adata.write_h5ad(out_h5ad)
+        click.echo(f"Wrote {out_h5ad} with the ranking in uns[{key_added!r}]")
+    if dotplot:
+        from .plotting import dotplot_tables, plot_dotplot
+
+        plot_dotplot(*dotplot_tables(adata, table, groupby, layer=layer), dotplot)
+        click.echo(f"Wrote {dotplot}")

@@ -17,16 +17,27 @@ from pathlib import Path
 import anndata
 import numpy as np
 import pandas as pd
-from scnym.infer.contract import DEFAULT_KEY_ADDED, EMBEDDING_KEY
+from scnym.infer.contract import DEFAULT_KEY_ADDED, EMBEDDING_KEY, TRAIN_RESULTS_KEY
 
 from .api import UNLABELED_TOKEN, scnym_api
+from .config import get_config
 from .datasets import kang_pbmc_small
-from .plotting import CURVES_FILE, plot_confusion_matrix, plot_embedding
+from .interpret import rank_genes
+from .manifest import stopping_summary
+from .plotting import (
+    CURVES_FILE,
+    dotplot_tables,
+    plot_confusion_matrix,
+    plot_dotplot,
+    plot_embedding,
+)
 
 MODEL_DIR = "model"
 ONNX_FILE = "model.onnx"
 STORE = "stim.zarr"
 REPORT_DIR = "report"
+#: Cells explained per predicted type in the report's saliency dot plot.
+SALIENCY_CELLS = 100
 
 
 @dataclass
@@ -41,8 +52,15 @@ class DemoResult:
     agreement_with_torch: float
     train_seconds: float
     out_path: Path
+    training_summary: str = ""
     report: dict[str, Path] = field(default_factory=dict)
     adata: anndata.AnnData | None = None
+
+
+def _training_summary(adata: anndata.AnnData, config: dict) -> str:
+    """How the demo's training ended (all epochs, or early)."""
+    final = get_config(config)
+    return stopping_summary(adata.uns[TRAIN_RESULTS_KEY], final.n_epochs, final.patience)
 
 
 def recall_per_class(truth: np.ndarray, pred: np.ndarray) -> pd.Series:
@@ -62,7 +80,8 @@ def run_demo(
     Writes into ``out_path``: the model directory (``model/``), the ONNX file
     (``model.onnx``), the stimulated cells as a zarr store annotated in place
     (``stim.zarr``) and a ``report/`` folder with the training curves, a confusion
-    matrix, a 2-D view of ``X_scnym`` and ``summary.json``.
+    matrix, a 2-D view of ``X_scnym``, a saliency dot plot (:func:`write_saliency`)
+    and ``summary.json``.
 
     Parameters
     ----------
@@ -125,6 +144,7 @@ def run_demo(
         agreement_with_torch=float(np.mean(pred == torch_pred)),
         train_seconds=train_seconds,
         out_path=out,
+        training_summary=_training_summary(adata, config),
         adata=annotated,
     )
     result.report = write_report(out / REPORT_DIR, model_dir, adata, annotated, result)
@@ -138,10 +158,10 @@ def write_report(
     annotated: anndata.AnnData,
     result: DemoResult,
 ) -> dict[str, Path]:
-    """Training curves, confusion matrix, 2-D embedding view and a JSON summary.
+    """Training curves, confusion matrix, 2-D embedding view, saliency and a JSON summary.
 
-    ``adata`` holds both conditions with the torch model's ``X_scnym``;
-    ``annotated`` the stimulated cells as annotated from the store.
+    ``adata`` holds both conditions with the torch model's ``X_scnym`` and
+    prediction; ``annotated`` the stimulated cells as annotated from the store.
     """
     truth = annotated.obs["cell_type"].astype(str).to_numpy()
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,6 +177,8 @@ def write_report(
     )
     colours = {key: adata.obs[key].astype(str).to_numpy() for key in ("cell_type", "condition")}
     plot_embedding(adata.obsm[EMBEDDING_KEY], colours, paths["embedding"])
+    stimulated = adata[adata.obs["condition"].to_numpy() == "stim"].copy()
+    paths.update(write_saliency(folder, model_dir, stimulated))
     summary = {
         "accuracy": result.accuracy,
         "balanced_accuracy": result.balanced_accuracy,
@@ -168,4 +190,25 @@ def write_report(
         "n_query_cells": int(len(truth)),
     }
     paths["summary"].write_text(json.dumps(summary, indent=1))
+    return paths
+
+
+def write_saliency(
+    folder: Path, model_dir: Path, query: anndata.AnnData, progress: bool = False
+) -> dict[str, Path]:
+    """Which genes made the model call each type: saliency of the cells by predicted type.
+
+    Writes ``saliency_genes.csv`` (the top 20 genes of each type) and
+    ``saliency_dotplot.png`` (the top 5 of each, their expression by type).
+    """
+    paths = {"saliency_genes": folder / "saliency_genes.csv",
+             "saliency_dotplot": folder / "saliency_dotplot.png"}  # fmt: skip
+    table = rank_genes(query, model_dir, DEFAULT_KEY_ADDED, n_genes=20,
+                       cells_per_group=SALIENCY_CELLS, progress=progress)  # fmt: skip
+    table.to_csv(paths["saliency_genes"], index=False)
+    plot_dotplot(
+        *dotplot_tables(query, table, DEFAULT_KEY_ADDED),
+        paths["saliency_dotplot"],
+        title="Stimulated cells by predicted type: the genes that made the call (saliency)",
+    )
     return paths

@@ -127,3 +127,14 @@ def training_manifest(
         "metrics": _metrics(fit),
         "versions": package_versions(),
     }
+
+
+def stopping_summary(results: dict[str, Any], n_epochs: int, patience: int) -> str:
+    """How training ended: every epoch, or early (and why), and which epoch's weights are kept."""
+    run, best = int(results["n_epochs_run"]), int(results["best_epoch"]) + 1
+    if run < n_epochs:
+        return (
+            f"Stopped early after {run} of {n_epochs} epochs: the validation loss had not improved "
+            f"for {patience} epochs; the weights of epoch {best} are kept"
+        )
+    return f"Trained all {n_epochs} epochs; the weights of epoch {best} are kept"

@@ -1,13 +1,16 @@
-"""Figures and logs: training curves, confusion matrices, 2-D views of the embedding."""
+"""Figures and logs: training curves, confusion matrices, 2-D views of the embedding, dot plots."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
+from scnym.infer.memory import model_inputs
 
+from .explain import group_labels
 from .trainer import TrainHistory
 
 LOG_FILE = "training_log.csv"
@@ -124,3 +127,92 @@ def plot_embedding(embedding, colours: dict, path: str | Path, seed: int = 0) ->
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_dotplot(
+    mean: pd.DataFrame,
+    fraction: pd.DataFrame,
+    gene_groups: dict[str, list[str]],
+    path: str | Path,
+    title: str = "Genes that made the model call each type",
+) -> None:
+    """Dot plot of each group's top genes, as scanpy's ``rank_genes_groups_dotplot`` draws it.
+
+    Dot size: the fraction of the group's cells expressing the gene; colour: its
+    mean expression in the group, scaled to the gene's largest group mean.
+
+    Parameters
+    ----------
+    mean, fraction
+        Groups (rows) x genes (columns), e.g. from :func:`dotplot_tables`.
+    gene_groups
+        Group -> its top genes, bracketed above the columns.
+    path
+        PNG file.
+    title
+        Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = mean.to_numpy(dtype=float)
+    scaled = values / np.where(values.max(axis=0) > 0, values.max(axis=0), 1.0)
+    n_rows, n_cols = mean.shape
+    fig, ax = plt.subplots(figsize=(1.6 + 0.32 * n_cols, 1.6 + 0.32 * n_rows))
+    ys, xs = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    dots = ax.scatter(
+        xs.ravel(), ys.ravel(), s=180 * fraction.to_numpy().ravel(),
+        c=scaled.ravel(), cmap="Reds", vmin=0, vmax=1, edgecolors="grey", linewidths=0.3,
+    )  # fmt: skip
+    ax.set_xticks(range(n_cols), mean.columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(n_rows), mean.index, fontsize=8)
+    ax.set_xlim(-0.6, n_cols - 0.4)
+    ax.set_ylim(n_rows - 0.5, -0.5)
+    start = 0
+    for group, genes in gene_groups.items():
+        ax.annotate(group, xy=(start + (len(genes) - 1) / 2, -0.7), ha="center", va="bottom",
+                    fontsize=7, annotation_clip=False)  # fmt: skip
+        ax.plot([start - 0.3, start + len(genes) - 0.7], [-0.65, -0.65], color="k", lw=0.8,
+                clip_on=False)  # fmt: skip
+        start += len(genes)
+    sizes = [ax.scatter([], [], s=180 * f, color="grey", label=f"{f:.0%}") for f in (0.25, 0.5, 1)]
+    ax.legend(handles=sizes, title="cells expressing", fontsize=7, title_fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.08, 1), frameon=False)  # fmt: skip
+    ax.set_title(title, pad=18, fontsize=9)
+    fig.colorbar(dots, ax=ax, fraction=0.03, pad=0.01, label="mean expression (scaled)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def dotplot_tables(
+    adata: anndata.AnnData,
+    table: pd.DataFrame,
+    groupby: str,
+    n_genes: int = 5,
+    layer: str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, list[str]]]:
+    """What a dot plot of each group's top genes shows, as :func:`plot_dotplot` takes it.
+
+    Returns
+    -------
+    The mean log1p(CPM) and the fraction of cells expressing (> 0) of each top gene
+    (columns, in rank order, group after group: a gene may appear twice) in each
+    group (rows), and group -> its top genes.
+    """
+    top = table[table["rank"] <= n_genes]
+    gene_groups = {group: list(genes) for group, genes in top.groupby("group", sort=False)["gene"]}
+    columns = [gene for genes in gene_groups.values() for gene in genes]  # may repeat a gene
+    X, _ = model_inputs(adata, columns, layer, min_gene_overlap=0.0)
+    labels = group_labels(adata, groupby)
+    codes = labels.cat.codes.to_numpy()
+    inside = [codes == labels.cat.categories.get_loc(group) for group in gene_groups]
+    mean = np.stack([np.asarray(X[rows].mean(axis=0)).ravel() for rows in inside])
+    fraction = np.stack([np.asarray((X[rows] > 0).mean(axis=0)).ravel() for rows in inside])
+    return (
+        pd.DataFrame(mean, index=list(gene_groups), columns=columns),
+        pd.DataFrame(fraction, index=list(gene_groups), columns=columns),
+        gene_groups,
+    )

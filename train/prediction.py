@@ -15,8 +15,7 @@ import anndata
 import numpy as np
 import torch
 from scnym.infer.contract import DEFAULT_MIN_GENE_OVERLAP
-from scnym.infer.memory import predict_adata, write_prediction
-from scnym.infer.preprocessing import align_genes, gene_index_map, to_log1p_cpm
+from scnym.infer.memory import model_inputs, predict_adata, write_prediction
 
 from .fitting import EVAL_BATCH_SIZE
 from .modeldir import ModelBundle
@@ -58,19 +57,8 @@ def predict_bundle(
         When ``adata`` holds less than ``min_gene_overlap`` of the model's genes
         (or none of them).
     """
-    found = gene_index_map(adata.var_names, bundle.gene_names) >= 0
-    if not found.any() or found.mean() < min_gene_overlap:
-        raise ValueError(
-            f"Only {int(found.sum())} of the model's {len(bundle.gene_names)} genes "
-            f"({found.mean():.1%}) are in adata.var_names (minimum {min_gene_overlap:.0%}; "
-            f"model genes start {bundle.gene_names[:3]}, data {list(adata.var_names[:3])}): "
-            "check the gene identifiers (symbols vs Ensembl IDs) and the species, or lower "
-            "min_gene_overlap (--min-gene-overlap) to proceed anyway."
-        )
-    logger.info("Found %d of %d model genes in the data", int(found.sum()), len(found))
-    X, _ = to_log1p_cpm(adata.X)
-    empty = np.asarray(X.sum(axis=1)).ravel() <= 0
-    X = align_genes(X, adata.var_names, bundle.gene_names)
+    X, _ = model_inputs(adata, bundle.gene_names, min_gene_overlap=min_gene_overlap)
+    empty = np.asarray(X.sum(axis=1)).ravel() <= 0  # no counts in the model's genes
     probs, embedding = predict_arrays(bundle, X)
     write_prediction(
         adata, probs, embedding, bundle.class_names, key_added, empty, bundle.confidence_threshold

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import anndata
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from scnym.cli import main
@@ -16,7 +17,12 @@ def test_demo_command_writes_a_complete_report(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--epochs", "2"])
     assert result.exit_code == 0, result.output
     assert "balanced accuracy" in result.output and "cells/s" in result.output
-    for name in ("training_curves.png", "confusion_matrix.png", "embedding.png"):
+    for name in (
+        "training_curves.png",
+        "confusion_matrix.png",
+        "embedding.png",
+        "saliency_dotplot.png",
+    ):
         assert (out / "report" / name).stat().st_size > 5000, name  # a drawn figure
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["n_query_cells"] == 1000
@@ -29,3 +35,6 @@ def test_demo_command_writes_a_complete_report(tmp_path):
     assert "cell_type" not in store.obs.columns
     assert store.obsm["X_scnym"].shape == (1000, 256)
     assert set(store.obs["scNym"].astype(str)) <= set(summary["recall"])
+    ranked = pd.read_csv(out / "report" / "saliency_genes.csv")
+    assert list(ranked.columns) == ["group", "rank", "gene", "score"]
+    assert set(ranked["group"]) <= set(summary["recall"]) and ranked["rank"].max() == 20
