@@ -70,7 +70,12 @@ def inspect(model, as_json) -> None:
         f"Input: {prep['input_mode']}; log1p(counts / total_counts * {prep['target_sum']:g}), "
         f"trained on {prep.get('training_input')}"
     )
-    click.echo(f"Confidence threshold: {meta.get('confidence_threshold')}")
+    threshold, calibration = meta.get("confidence_threshold"), meta.get("calibration") or {}
+    click.echo(f"Confidence threshold: {_short(threshold)}" + (
+        f" (flags {calibration['flag_rate']:.0%} of held-out reference cells; temperature "
+        f"{calibration['temperature']:.3g}, calibration error {calibration['ece_before']:.3f} -> "
+        f"{calibration['ece_after']:.3f})" if calibration.get("confidence_threshold") else ""
+    ))  # fmt: skip
     metrics = meta.get("metrics", {})
     click.echo("Metrics: " + ", ".join(f"{k}={_short(v)}" for k, v in metrics.items()))
     producer = meta.get("producer", {})

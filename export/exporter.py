@@ -233,7 +233,7 @@ def export_model(
         raise ValueError(f"precision must be fp32, fp16 or int8, not {precision!r}")
     bundle = load_model_dir(model_dir)
     target_sum = float(bundle.manifest.get("preprocessing", {}).get("target_sum", TARGET_SUM))
-    graph = ScnymGraph(bundle.model, input_mode, target_sum)
+    graph = ScnymGraph(bundle.model, input_mode, target_sum, bundle.temperature)
     proto = to_onnx(graph, opset)
     onnx.checker.check_model(proto)
     data = _check_data(bundle, check)

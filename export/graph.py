@@ -28,15 +28,24 @@ class ScnymGraph(nn.Module):
         ``'log1p_cpm'``: the input is already log1p(CPM).
     target_sum
         Counts per cell of the CPM scale.
+    temperature
+        Softmax temperature fitted on held-out cells (:mod:`scnym.calibration`).
     """
 
-    def __init__(self, model: CellTypeCLF, input_mode: InputMode, target_sum: float) -> None:
+    def __init__(
+        self,
+        model: CellTypeCLF,
+        input_mode: InputMode,
+        target_sum: float,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         if input_mode not in INPUT_NAMES:
             raise ValueError(f"input_mode must be 'counts' or 'log1p_cpm', not {input_mode!r}")
         self.model = model
         self.input_mode = input_mode
         self.target_sum = float(target_sum)
+        self.temperature = float(temperature)
         self.eval()
 
     def forward(self, x: torch.Tensor, total_counts: torch.Tensor | None = None):
@@ -44,7 +53,7 @@ class ScnymGraph(nn.Module):
             scale = self.target_sum / total_counts.clamp_min(1e-12)
             x = torch.log1p(x * scale.unsqueeze(1))
         logits, embedding = self.model(x, return_embed=True)
-        return torch.softmax(logits, dim=1), embedding, logits.argmax(dim=1)
+        return torch.softmax(logits / self.temperature, dim=1), embedding, logits.argmax(dim=1)
 
     def example_inputs(self, n_cells: int = 2) -> tuple[torch.Tensor, ...]:
         counts = torch.ones(n_cells, self.model.n_genes)

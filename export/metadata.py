@@ -55,6 +55,7 @@ def build_metadata(
         "model_kwargs": manifest.get("model_kwargs", {}),
         "training": {"config": config, "data": manifest.get("data", {})},
         "metrics": manifest.get("metrics", {}),
+        "calibration": manifest.get("calibration", {}),
         "confidence_threshold": threshold,
         "producer": {
             "name": "scnym",

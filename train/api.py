@@ -25,6 +25,7 @@ from scnym.infer.preprocessing import (
     to_log1p_cpm,
 )
 
+from .calibration import Calibration, calibrate
 from .config import PRESETS, Config, get_config
 from .fitting import (
     fit_model,
@@ -44,7 +45,7 @@ from .modeldir import (
     write_model_dir,
 )
 from .plotting import write_training_log
-from .prediction import onnx_file, predict_bundle, predict_onnx
+from .prediction import model_outputs, onnx_file, predict_bundle, predict_onnx
 from .pretrained import (
     atlas2target,
     get_pretrained_weights,
@@ -275,12 +276,20 @@ def scnym_train(
     )
     results = training_results(out_path, fit, genes, class_names, cfg, splits)
     manifest = training_manifest(
-        fit, genes, class_names, cfg, input_kind, adata, groupby, domain_groupby, selection.record
-    )
+        fit, genes, class_names, cfg, input_kind, adata, groupby, domain_groupby, selection.record,
+        _calibration(fit.model, X, codes, splits),
+    )  # fmt: skip
     write_model_dir(out_path, results, manifest)
     write_training_log(fit.history, out_path)
     adata.uns[TRAIN_RESULTS_KEY] = results
     return results
+
+
+def _calibration(model, X, codes: np.ndarray, splits) -> Calibration:
+    """Temperature from the model-selection split; threshold and ECE from the validation split."""
+    fit_logits, _ = model_outputs(model, X[splits.test])
+    check_logits, _ = model_outputs(model, X[splits.val])
+    return calibrate(fit_logits, codes[splits.test], check_logits, codes[splits.val])
 
 
 def scnym_predict(

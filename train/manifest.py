@@ -21,6 +21,7 @@ import torch
 from scnym.infer.preprocessing import TARGET_SUM
 
 from . import __version__
+from .calibration import Calibration
 from .config import Config
 from .fitting import FitResult, Splits
 from .labels import UNLABELED_TOKEN
@@ -105,8 +106,12 @@ def training_manifest(
     groupby: str,
     domain_groupby: str | None,
     gene_selection: dict[str, Any] | None,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """The manifest of a model directory (JSON serialisable)."""
+    threshold = cfg.ssl_kwargs.pseudolabel_min_confidence or None
+    if calibration is not None and calibration.confidence_threshold is not None:
+        threshold = calibration.confidence_threshold
     return {
         "format_version": MANIFEST_FORMAT,
         "producer": f"scnym {__version__}",
@@ -121,7 +126,8 @@ def training_manifest(
             "library_size": "all genes of the cell",
             "gene_selection": gene_selection,
         },
-        "confidence_threshold": cfg.ssl_kwargs.pseudolabel_min_confidence or None,
+        "confidence_threshold": threshold,
+        "calibration": calibration.to_dict() if calibration is not None else {},
         "config": cfg.to_dict(),
         "data": _data_summary(adata, groupby, domain_groupby),
         "metrics": _metrics(fit),

@@ -93,9 +93,14 @@ class ModelBundle:
         return self.manifest["class_names"]
 
     @property
+    def temperature(self) -> float:
+        """The softmax temperature fitted on held-out cells (1 for uncalibrated models)."""
+        return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
+
+    @property
     def confidence_threshold(self) -> float | None:
-        """Confidence below which predictions are ``'Unknown'`` (the config's pseudolabel
-        threshold; None when the model was trained without one)."""
+        """Confidence below which predictions are ``'Unknown'``: the calibrated threshold
+        (:mod:`scnym.calibration`), else the config's pseudolabel threshold, else None."""
         threshold = self.manifest.get("confidence_threshold")
         if threshold is None:
             config = self.manifest.get("config", {})

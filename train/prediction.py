@@ -14,6 +14,7 @@ from pathlib import Path
 import anndata
 import numpy as np
 import torch
+from scipy.special import softmax
 from scnym.infer.contract import DEFAULT_MIN_GENE_OVERLAP
 from scnym.infer.memory import model_inputs, predict_adata, write_prediction
 
@@ -25,22 +26,34 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict_arrays(
-    bundle: ModelBundle, X, batch_size: int = EVAL_BATCH_SIZE
+def model_outputs(
+    model: torch.nn.Module, X, batch_size: int = EVAL_BATCH_SIZE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and embeddings of log1p(CPM) rows already in the model's gene order."""
-    device = next(bundle.model.parameters()).device
-    probs, embeds = [], []
+    """Logits and embeddings of log1p(CPM) rows already in the model's gene order."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, embeds = [], []
     for start in range(0, X.shape[0], batch_size):
         block = X[start : start + batch_size]
         block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
-        logits, embedding = bundle.model(
+        out, embedding = model(
             torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device),
             return_embed=True,
         )
-        probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+        logits.append(out.cpu().numpy())
         embeds.append(embedding.cpu().numpy())
-    return np.concatenate(probs), np.concatenate(embeds)
+    model.train(was_training)
+    return np.concatenate(logits), np.concatenate(embeds)
+
+
+def predict_arrays(
+    bundle: ModelBundle, X, batch_size: int = EVAL_BATCH_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities (the model's temperature) and embeddings of log1p(CPM) rows
+    already in the model's gene order."""
+    logits, embedding = model_outputs(bundle.model, X, batch_size)
+    return softmax(logits / bundle.temperature, axis=1).astype(np.float32), embedding
 
 
 def predict_bundle(

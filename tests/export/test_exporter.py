@@ -97,7 +97,10 @@ def test_metadata_round_trip(model_dir, model_genes, tmp_path):
     assert meta["model_kwargs"]["n_hidden"] == 256
     assert meta["training"]["data"]["cells_per_class"] == manifest["data"]["cells_per_class"]
     assert meta["metrics"]["final_acc"] == manifest["metrics"]["final_acc"]
-    assert meta["confidence_threshold"] == 0.9
+    # the threshold is the one calibration chose on held-out reference cells (issue 14)
+    calibration = manifest["calibration"]
+    assert meta["confidence_threshold"] == calibration["confidence_threshold"] is not None
+    assert meta["calibration"]["temperature"] == calibration["temperature"] > 0
     assert meta["created"] == manifest["created"]
     assert len(meta["weights_sha256"]) == 64
     assert meta["producer"]["opset"] == 17
@@ -245,7 +248,8 @@ def test_cli_export_and_inspect(kang, model_dir, model_genes, tmp_path):
     assert shown.exit_code == 0, shown.output
     assert f"Genes: {len(model_genes)} symbol" in shown.output
     assert f"chosen from {kang.n_vars}: largest |coefficient| per class" in shown.output
-    assert "Classes (" in shown.output and "Confidence threshold: 0.9" in shown.output
+    threshold = read_metadata(tmp_path / "m.onnx")["confidence_threshold"]
+    assert "Classes (" in shown.output and f"Confidence threshold: {threshold:.4g}" in shown.output
     as_json = json.loads(
         runner.invoke(main, ["inspect", "--json", str(tmp_path / "m.onnx")]).output
     )
