@@ -10,7 +10,6 @@ the number of cells, and an interrupted run resumes without recomputing.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -36,7 +35,7 @@ from .model import Device, OnnxModel, resolve_model, resolve_providers
 from .partial import PartialResults, WideArrays, partial_folder
 from .result import AnnotationResult, run_record
 from .settings import AnnotateSettings
-from .store import open_store, read_obs_names_at
+from .store import obs_names_source, open_store, source_identity
 from .writer import destination_zarr_format, wide_keys, write_results
 
 logger = logging.getLogger(__name__)
@@ -60,6 +59,8 @@ def annotate(
     write_probabilities: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    measurement: str | None = None,
+    obs_filter: str | None = None,
 ) -> AnnotationResult:
     """Annotate the cells of an AnnData store with an exported scNym model.
 
@@ -67,7 +68,9 @@ def annotate(
     ----------
     store
         zarr store or h5ad file (a local path or an fsspec URL: ``s3://``, ``https://``,
-        ...), or an AnnData in memory (results added to it; ``resume`` and Dask unused).
+        ...), a TileDB-SOMA Experiment (path or URI; read-only, so ``output`` is
+        required), or an AnnData in memory (results added to it; ``resume`` and Dask
+        unused).
     model
         The ``.onnx`` file written by ``scnym export``, or a registry model name.
     output
@@ -102,9 +105,16 @@ def annotate(
         Replace an existing ``output`` (once the new results are complete).
     progress
         Show a progress bar.
+    measurement, obs_filter
+        Of a TileDB-SOMA Experiment: the measurement to read (default ``'RNA'``) and
+        a value filter on its obs (``"tissue_general == 'blood'"``); ``layer`` names
+        its X layer (default ``'raw'``), ``gene_key`` a var column (``'feature_name'``:
+        the Census' gene symbols).
     """
     settings = AnnotateSettings(**locals())  # the arguments, as one value passed down
     if isinstance(store, anndata.AnnData):
+        if measurement is not None or obs_filter is not None:
+            raise ValueError("measurement and obs_filter apply to TileDB-SOMA Experiments only")
         return annotate_adata(store, settings)
     return _annotate_store(settings)
 
@@ -134,7 +144,7 @@ def _annotate_store(settings: AnnotateSettings) -> AnnotationResult:
         written_to=written_to,
         record=record,
         key_added=settings.key_added,
-        obs_names_source=functools.partial(read_obs_names_at, run.reader.location),
+        obs_names_source=obs_names_source(run.reader),
     )
 
 
@@ -153,8 +163,9 @@ class _Run:
         self.threshold = s.threshold(self.model)
         self.wide = wide_keys(self.output, s.write_probabilities)
         self.reader = open_store(
-            s.store, layer=s.layer, gene_key=s.gene_key, writable=self.output is None
-        )
+            s.store, layer=s.layer, gene_key=s.gene_key, writable=self.output is None,
+            measurement=s.measurement, obs_filter=s.obs_filter,
+        )  # fmt: skip
 
     def prepare(self) -> None:
         """Refuse what would destroy data, plan the blocks and open the partial results."""
@@ -180,6 +191,7 @@ class _Run:
             "layer": reader.layer,
             "gene_key": reader.gene_key,
             "n_obs": reader.n_obs,
+            **source_identity(reader),
         }
         wide = WideArrays(
             keys=self.wide,
@@ -199,6 +211,7 @@ class _Run:
                 self.reader.location, str(self.model_path), self.plan, self.partial,
                 layer=self.reader.layer, gene_key=self.reader.gene_key, workers=s.workers,
                 scheduler=s.scheduler, threads=s.threads, progress=s.progress,
+                source=source_identity(self.reader),
             )  # fmt: skip
         else:
             compute_blocks(self.reader, self.model, self.plan, self.partial, progress=s.progress)

@@ -22,7 +22,12 @@ def model_file(model: str) -> str:
 @click.option("-o", "--output", default=None,
               help="Write results here (.zarr, .h5ad, .parquet, .csv) instead of into STORE.")  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output (never STORE).")
-@click.option("--layer", default=None, help="Read this layer instead of X.")
+@click.option("--layer", default=None,
+              help="Read this layer instead of X (of a SOMA Experiment: its X layer, default raw).")  # fmt: skip
+@click.option("--measurement", default=None,
+              help="Of a TileDB-SOMA Experiment: the measurement to read (default RNA).")  # fmt: skip
+@click.option("--obs-filter", default=None,
+              help="Of a TileDB-SOMA Experiment: cells to annotate, e.g. \"tissue_general == 'blood'\".")  # fmt: skip
 @click.option("--gene-key", default=None, help="var column holding the gene identifiers.")
 @click.option("--key-added", default=DEFAULT_KEY_ADDED, show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Rows per block (whole chunks).")
@@ -38,10 +43,10 @@ def model_file(model: str) -> str:
               help="Label cells below this confidence 'Unknown' (default: the model's).")  # fmt: skip
 @click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def annotate(store, model, output, overwrite, layer, gene_key, key_added, batch_size, device, threads,
+def annotate(store, model, output, overwrite, layer, measurement, obs_filter, gene_key, key_added, batch_size, device, threads,
              resume, workers, scheduler, min_gene_overlap, unknown_threshold, probabilities,
              quiet) -> None:  # fmt: skip
-    """Annotate the cells of STORE (zarr/h5ad, path or URL) with an ONNX model, torch-free."""
+    """Annotate the cells of STORE (zarr/h5ad/TileDB-SOMA, path or URL) with an ONNX model, torch-free."""
     from .annotation import annotate as run
 
     model = model_file(model)
@@ -51,6 +56,7 @@ def annotate(store, model, output, overwrite, layer, gene_key, key_added, batch_
         workers=workers, scheduler=scheduler, min_gene_overlap=min_gene_overlap,
         unknown_threshold="auto" if unknown_threshold is None else unknown_threshold,
         write_probabilities=probabilities, overwrite=overwrite, progress=not quiet,
+        measurement=measurement, obs_filter=obs_filter,
     )  # fmt: skip
     cov = result.coverage
     click.echo(

@@ -17,10 +17,11 @@ logger = logging.getLogger(__name__)
 _OPENED: dict[tuple, list] = {}
 
 
-def _classify(store, model_path, layer, gene_key, threads, plan: BlockPlan, start: int, stop: int):
-    key = (store, model_path, layer, gene_key, threads)
+def _classify(store, model_path, options: dict, threads, plan: BlockPlan, start: int, stop: int):
+    """(start, results) of the block ``[start, stop)``; ``options`` open the store."""
+    key = (store, model_path, tuple(sorted(options.items())), threads)
     if key not in _OPENED:
-        reader = open_store(store, layer=layer, gene_key=gene_key, writable=False)
+        reader = open_store(store, writable=False, **options)
         _OPENED[key] = [reader, OnnxModel(model_path, threads=threads), None]
     reader, model, encoder = _OPENED[key]
     if encoder is None or encoder.plan is not plan:
@@ -39,6 +40,7 @@ def compute_blocks_distributed(
     scheduler: str | None = None,
     threads: int | None = None,
     progress: bool = True,
+    source: dict | None = None,
 ) -> None:
     """Map the unfinished blocks over Dask workers; results are saved here as they arrive.
 
@@ -49,6 +51,9 @@ def compute_blocks_distributed(
     scheduler
         Address of an existing cluster's scheduler (``tcp://host:8786``); its
         workers must reach ``store`` and ``model_path`` at the same paths/URLs.
+    source
+        What selects the cells of a TileDB-SOMA Experiment (``measurement``,
+        ``obs_filter``; see :func:`scnym.infer.store.source_identity`).
     """
     try:
         from dask.distributed import Client, LocalCluster, as_completed
@@ -57,6 +62,8 @@ def compute_blocks_distributed(
             "--workers/--scheduler need dask.distributed: pip install 'scnym[distributed]'"
         ) from err
     todo = partial.missing(plan.bounds)
+    options = {"layer": layer, "gene_key": gene_key}
+    options.update({k: v for k, v in (source or {}).items() if k in ("measurement", "obs_filter")})
     if scheduler:
         client, cluster = Client(scheduler), None
     else:
@@ -71,8 +78,7 @@ def compute_blocks_distributed(
                 _classify,
                 store,
                 model_path,
-                layer,
-                gene_key,
+                options,
                 threads or 1,
                 plan_future,
                 a,

@@ -30,6 +30,8 @@ class AnnotateSettings:
     write_probabilities: bool
     overwrite: bool
     progress: bool
+    measurement: str | None = None
+    obs_filter: str | None = None
 
     @property
     def output_path(self) -> str | None:

@@ -1,12 +1,16 @@
 """Open AnnData stores (zarr v2/v3, h5ad; local or fsspec URLs) for row-block reads.
 
+A TileDB-SOMA Experiment is opened by :mod:`.soma` behind the same interface.
+
 Everything on disk is read through anndata's element readers (``read_elem``,
 ``sparse_dataset``) and zarr/h5py arrays: no format parsing of our own.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from scipy import sparse
 
 from .contract import RAW_LAYER
 from .fileio import is_url
+from .soma import SomaReader, is_soma, open_soma
 
 #: Rows per block when the store's chunking gives no better hint. The dense input
 #: block dominates peak memory (rows x model genes x 4 bytes: 58 MB at 14k genes):
@@ -136,8 +141,10 @@ def open_store(
     layer: str | None = None,
     gene_key: str | None = None,
     writable: bool = True,
-) -> StoreReader:
-    """Open an AnnData store for streaming reads of ``X`` or ``layers[layer]``.
+    measurement: str | None = None,
+    obs_filter: str | None = None,
+) -> StoreReader | SomaReader:
+    """Open an AnnData store (or a TileDB-SOMA Experiment) for streaming reads of one matrix.
 
     Parameters
     ----------
@@ -149,6 +156,9 @@ def open_store(
         ``var`` column holding the gene identifiers (default: the ``var`` index).
     writable
         Open a local store for writing (results are added in place).
+    measurement, obs_filter
+        Of a TileDB-SOMA Experiment (see :func:`scnym.infer.soma.open_soma`),
+        which is always opened read-only.
 
     Raises
     ------
@@ -158,6 +168,13 @@ def open_store(
         If the matrix is missing, CSC, or the gene key is unknown.
     """
     location = str(store)
+    if is_soma(location):
+        return open_soma(location, layer, gene_key, measurement=measurement, obs_filter=obs_filter)
+    if measurement is not None or obs_filter is not None:
+        raise ValueError(
+            f"--measurement and --obs-filter select within a TileDB-SOMA Experiment; {location} "
+            "is not one"
+        )
     if not is_url(location) and not Path(location).exists():
         raise FileNotFoundError(f"Store {location} does not exist")
     # zarr opens a folder "r+" without checking that it can write there
@@ -288,9 +305,30 @@ def aligned_block_rows(chunk_rows: int, requested: int | None) -> int:
     return max(target // chunk_rows, 1) * chunk_rows
 
 
-def read_obs_names(reader: StoreReader) -> pd.Index:
-    """The ``obs`` index of the store."""
+def read_obs_names(reader: StoreReader | SomaReader) -> pd.Index:
+    """The ``obs`` index of the store (a SOMA Experiment's obs id column)."""
+    if isinstance(reader, SomaReader):
+        return reader.obs_names()
     return _obs_names(reader.root)
+
+
+def obs_names_source(reader: StoreReader | SomaReader) -> Callable[[], pd.Index]:
+    """What reads the store's obs names later, once ``reader`` is closed."""
+    if isinstance(reader, SomaReader):
+        return reader.obs_names  # read (and kept) by the writer of the output
+    return functools.partial(read_obs_names_at, reader.location)
+
+
+def source_columns(reader: StoreReader | SomaReader) -> dict[str, np.ndarray]:
+    """Columns that key the cells besides the obs names: a SOMA source's ``soma_joinid``."""
+    if isinstance(reader, SomaReader):
+        return {"soma_joinid": reader.row_joinids(0, reader.n_obs)}
+    return {}
+
+
+def source_identity(reader: StoreReader | SomaReader) -> dict:
+    """What selects the cells beyond layer and gene key, for resuming (empty for AnnData)."""
+    return dict(reader.selection) if isinstance(reader, SomaReader) else {}
 
 
 def read_obs_names_at(location: str) -> pd.Index:
@@ -315,8 +353,11 @@ __all__ = [
     "StoreReader",
     "aligned_block_rows",
     "block_bounds",
+    "obs_names_source",
     "open_store",
     "read_obs_names",
     "read_obs_names_at",
+    "source_columns",
+    "source_identity",
 ]
 _ = anndata  # anndata registers the element readers used above

@@ -24,7 +24,7 @@ from .blocks import BlockPlan
 from .contract import ANNOTATE_RECORD_KEY, UNKNOWN_LABEL, ResultKeys
 from .guards import TABLE_SUFFIXES
 from .partial import PartialResults
-from .store import StoreReader, read_obs_names
+from .store import StoreReader, read_obs_names, source_columns
 
 
 def wide_keys(output: str | None, write_probabilities: bool) -> tuple[str, ...]:
@@ -160,7 +160,9 @@ def write_results(
         _write_into(reader.root, columns, wide, record)
         reader.reconsolidate()
         return reader.location, columns, record
-    write_output(output, columns, read_obs_names(reader), record, wide)
+    write_output(
+        output, {**source_columns(reader), **columns}, read_obs_names(reader), record, wide
+    )
     return output, columns, record
 
 
