@@ -12,7 +12,8 @@ Then measures, each in its own process (peak RSS of that process):
   data at the same batch size (onnxruntime), and a pure read + decompress pass
   over the store.
 
-``--baseline DIR`` also runs another build of scnym (``pip install --no-deps
+``--soma`` also annotates the same cells from a TileDB-SOMA Experiment (Census
+layout) written from the store. ``--baseline DIR`` also runs another build of scnym (``pip install --no-deps
 --target DIR CHECKOUT``, put first on ``PYTHONPATH``) on the same store and model,
 taking turns with ours over ``--repeats`` rounds (medians), so that a change is
 compared with the code before it in one run.
@@ -86,6 +87,19 @@ def build_store(path: Path, n_cells: int, seed: int = 0) -> None:
         group.create_group(key)
     group.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
     zarr.consolidate_metadata(path)
+
+
+def build_soma(store: Path, uri: Path) -> str:
+    """The cells of ``store`` as a SOMA Experiment in the Census layout (RNA, layer raw)."""
+    if not uri.exists():
+        import tiledbsoma.io
+
+        start = time.perf_counter()
+        adata = anndata.read_zarr(store)
+        adata.obs.index.name = adata.var.index.name = None  # written as obs_id / var_id
+        tiledbsoma.io.from_anndata(str(uri), adata, measurement_name="RNA", X_layer_name="raw")
+        print(f"built {uri} in {time.perf_counter() - start:.0f} s", flush=True)
+    return str(uri)
 
 
 def measure(code: str, pythonpath: Path | None = None) -> dict:
@@ -171,6 +185,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="folder holding another scnym build to compare with")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="rounds of ours (and baseline)")
+    parser.add_argument("--soma", action="store_true",
+                        help="also annotate the same cells from a TileDB-SOMA Experiment")  # fmt: skip
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scnym_annotate_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -190,16 +206,20 @@ def main() -> None:
                "model_dir": str(args.model_dir)}  # fmt: skip
         row = {"cells": n}
         out = work / f"out_{n}.zarr"
-        runs = {"ours": [], "baseline": []}
-        for _ in range(args.repeats):
-            for name, path in (("ours", None), ("baseline", args.baseline)):
-                if name == "baseline" and path is None:
-                    continue
-                subprocess.run(["rm", "-rf", str(out), f"{out}.scnym-partial"], check=True)
-                runs[name].append(measure(OURS.format(out=str(out), **fmt), pythonpath=path))
-        row["ours"] = median_run(runs["ours"])
+        # (name, source, PYTHONPATH of the build): taking turns, round after round
+        contenders = [("ours", str(store), None)]
         if args.baseline is not None:
-            row["baseline"] = median_run(runs["baseline"])
+            contenders.append(("baseline", str(store), args.baseline))
+        if args.soma:
+            contenders.append(("soma", build_soma(store, work / f"kang_{n}.soma"), None))
+        runs = {name: [] for name, _, _ in contenders}
+        for _ in range(args.repeats):
+            for name, source, path in contenders:
+                subprocess.run(["rm", "-rf", str(out), f"{out}.scnym-partial"], check=True)
+                code = OURS.format(out=str(out), **{**fmt, "store": source})
+                runs[name].append(measure(code, pythonpath=path))
+        for name in runs:
+            row[name] = median_run(runs[name])
         row["read"] = measure(READ.format(**fmt))
         row["compute"] = measure(COMPUTE.format(**fmt))
         if n <= args.torch_max_cells:
@@ -221,6 +241,13 @@ def main() -> None:
             f"| {torch_row.get('peak_rss_mb', float('nan')):,.0f} |"
         )
     for row in rows:
+        if "soma" in row:
+            soma, ours = row["soma"], row["ours"]
+            print(
+                f"\n{row['cells']:,} cells from TileDB-SOMA, medians of {args.repeats}: "
+                f"{soma['cells_per_s']:,.0f} cells/s, {soma['peak_rss_mb']:,.0f} MB "
+                f"({soma['cells_per_s'] / ours['cells_per_s']:.2f} of the zarr store's)"
+            )
         if "baseline" in row:
             ours, base = row["ours"], row["baseline"]
             print(
