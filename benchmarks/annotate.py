@@ -240,22 +240,19 @@ def main() -> None:
             f"| {torch_row.get('cells_per_s', float('nan')):,.0f} "
             f"| {torch_row.get('peak_rss_mb', float('nan')):,.0f} |"
         )
+    labels = {"baseline": "the baseline build, same store", "soma": "ours from TileDB-SOMA"}
     for row in rows:
-        if "soma" in row:
-            soma, ours = row["soma"], row["ours"]
-            print(
-                f"\n{row['cells']:,} cells from TileDB-SOMA, medians of {args.repeats}: "
-                f"{soma['cells_per_s']:,.0f} cells/s, {soma['peak_rss_mb']:,.0f} MB "
-                f"({soma['cells_per_s'] / ours['cells_per_s']:.2f} of the zarr store's)"
-            )
-        if "baseline" in row:
-            ours, base = row["ours"], row["baseline"]
-            print(
-                f"\n{row['cells']:,} cells, medians of {args.repeats}: ours {ours['cells_per_s']:,.0f} "
-                f"cells/s, {ours['peak_rss_mb']:,.0f} MB; baseline {base['cells_per_s']:,.0f} "
-                f"cells/s, {base['peak_rss_mb']:,.0f} MB; ratio "
-                f"{ours['cells_per_s'] / base['cells_per_s']:.3f}"
-            )
+        ours = row["ours"]
+        for name in ("baseline", "soma"):
+            if name in row:
+                other = row[name]
+                print(
+                    f"\n{row['cells']:,} cells, medians of {args.repeats}: ours "
+                    f"{ours['cells_per_s']:,.0f} cells/s, {ours['peak_rss_mb']:,.0f} MB; "
+                    f"{labels[name]} {other['cells_per_s']:,.0f} cells/s, "
+                    f"{other['peak_rss_mb']:,.0f} MB; ratio "
+                    f"{ours['cells_per_s'] / other['cells_per_s']:.3f}"
+                )
     if len(rows) >= 2:
         ratio = rows[-1]["ours"]["peak_rss_mb"] / rows[0]["ours"]["peak_rss_mb"]
         print(f"\npeak RSS {rows[-1]['cells']:,} / {rows[0]['cells']:,} cells: {ratio:.2f}")
