@@ -10,6 +10,7 @@ the number of cells, and an interrupted run resumes without recomputing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -112,7 +113,9 @@ def annotate(
         the Census' gene symbols).
     """
     settings = AnnotateSettings(**locals())  # the arguments, as one value passed down
-    if isinstance(store, anndata.AnnData):
+    if isinstance(store, anndata.AnnData) and store.isbacked:  # its file is a store
+        settings = dataclasses.replace(settings, store=str(store.filename))
+    elif isinstance(store, anndata.AnnData):
         if measurement is not None or obs_filter is not None:
             raise ValueError("measurement and obs_filter apply to TileDB-SOMA Experiments only")
         return annotate_adata(store, settings)
@@ -222,6 +225,7 @@ class _Run:
             **self._record(),
             "written": self.keys.as_record(self.earlier),
             "replaced": list(self.keys.replaced),
+            "removed": list(self.keys.stale),
         }
         written_to, columns, record = write_results(
             self.reader, self.partial, self.plan, self.model.classes,

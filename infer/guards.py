@@ -99,12 +99,19 @@ class KeysToWrite:
     obs: tuple[str, ...]
     obsm: tuple[str, ...]
     replaced: tuple[str, ...] = ()
+    #: ``kind/name`` of earlier results under the same ``key_added`` that this run does
+    #: not write (an ``_unknown`` column, probabilities): removed, so none is left stale.
+    stale: tuple[str, ...] = ()
 
     def as_record(self, earlier: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """``{'obs': [...], 'obsm': [...]}``: these keys with those of ``earlier`` runs."""
         earlier = earlier or {}
         return {
-            kind: sorted({*earlier.get(kind, []), *getattr(self, kind)}) for kind in ("obs", "obsm")
+            kind: sorted(
+                {*earlier.get(kind, []), *getattr(self, kind)}
+                - {key.split("/", 1)[1] for key in self.stale if key.startswith(f"{kind}/")}
+            )
+            for kind in ("obs", "obsm")
         }
 
 
@@ -163,8 +170,20 @@ def check_keys(
             if key in present[kind]:
                 (replaced if key in ours.get(kind, []) else foreign).append(f"{kind}/{key}")
     if foreign:
+        hint = "pass another --key-added, or " if foreign != ["obsm/X_scnym"] else ""
         raise ValueError(
             f"{where} already holds {', '.join(foreign)}, which no scNym run wrote: "
-            "pass another --key-added, or --output to write the results elsewhere"
+            f"{hint}pass --output to write the results elsewhere"
         )
-    return KeysToWrite(planned.obs, planned.obsm, tuple(replaced))
+    return KeysToWrite(planned.obs, planned.obsm, tuple(replaced), _stale(present, ours, planned))
+
+
+def _stale(present: dict[str, set[str]], ours: dict[str, list[str]], planned) -> tuple[str, ...]:
+    """Earlier scNym results of the planned ``key_added`` that this run does not rewrite."""
+    label = planned.obs[0]
+    family = {"obs": ResultKeys(label).unknown, "obsm": ResultKeys(label).probabilities}
+    return tuple(
+        f"{kind}/{key}"
+        for kind, key in family.items()
+        if key in present[kind] and key in ours.get(kind, []) and key not in getattr(planned, kind)
+    )

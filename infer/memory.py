@@ -174,6 +174,12 @@ def write_prediction(
         probabilities, columns=list(classes), index=adata.obs_names
     )
     adata.obsm[ResultKeys(key_added).embedding] = embedding.astype(np.float32)
+    # the record that makes these keys scNym's (annotate replaces them only then)
+    planned = keys_to_write(key_added, ("embedding",), unknown_threshold is not None)
+    earlier = keys_in_record(adata.uns.get(ANNOTATE_RECORD_KEY))
+    record = {"by": "predict", "key_added": key_added, "classes": list(classes),
+              "unknown_threshold": unknown_threshold, "written": planned.as_record(earlier)}  # fmt: skip
+    adata.uns[ANNOTATE_RECORD_KEY] = {k: v for k, v in record.items() if v is not None}
     if empty.any():
         logger.warning(
             "%d cells hold no counts in the model's genes: they get no label", int(empty.sum())
@@ -292,11 +298,14 @@ def annotate_adata(adata: anndata.AnnData, settings: AnnotateSettings) -> Annota
         "key_added": settings.key_added,
         "written": planned.as_record(earlier),
         "replaced": list(planned.replaced),
+        "removed": list(planned.stale),
     }  # fmt: skip
     keys = ResultKeys(settings.key_added)
     arrays = {"embedding": prediction.embedding, "probabilities": prediction.probabilities}
     obsm = {getattr(keys, name): arrays[name] for name in wide}
     if output is None:
+        for kind, name in (key.split("/", 1) for key in planned.stale):
+            del getattr(adata, kind)[name]
         for name, values in columns.items():
             adata.obs[name] = values
         adata.obsm.update(obsm)

@@ -9,6 +9,7 @@ Everything on disk is read through anndata's element readers (``read_elem``,
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from scipy import sparse
 from .contract import RAW_LAYER
 from .fileio import is_url
 from .soma import SomaReader, is_soma, open_soma
+
+logger = logging.getLogger(__name__)
 
 #: Rows per block when the store's chunking gives no better hint. The dense input
 #: block dominates peak memory (rows x model genes x 4 bytes: 58 MB at 14k genes):
@@ -255,24 +258,32 @@ def _alternatives(root, name: str) -> tuple[str, ...]:
 
 
 def _check_chunks(element, location: str, name: str) -> None:
-    """Refuse a CSR element whose zarr arrays lack chunks: they would read as zeros.
+    """Refuse a CSR element whose ``indices`` lack chunks; warn when ``data`` does.
 
-    zarr fills a missing chunk with the fill value, so a deleted chunk of
-    ``data`` or ``indices`` silently turns cells into others. In valid CSR
-    arrays no chunk is all zeros (which zarr may leave unwritten), so every chunk
-    must be there. (h5py datasets are not chunk files; nothing to check.)
+    zarr fills a missing chunk with the fill value (zero) and may leave a chunk of
+    only zeros unwritten. No valid ``indices`` chunk is all zeros (a row holds
+    column 0 at most once, so that would take a chunk's length of consecutive
+    one-value rows), so a missing one is damage. A ``data`` chunk of stored zeros
+    is valid (values zeroed without ``eliminate_zeros``) and cannot be told from a
+    deleted one: it is reported, not refused. (h5py datasets have no chunk files.)
     """
-    for key in ("data", "indices"):
+    for key in ("indices", "data"):
         array = element[key]
         if not isinstance(array, zarr.Array):
             continue
         missing = array.nchunks - array.nchunks_initialized
-        if missing:
-            raise ValueError(
-                f"{location} is damaged: {name}/{key} lacks {missing} of its {array.nchunks} "
-                "chunks (deleted or never written), which would read as zeros. Re-create or "
-                "restore the store."
-            )
+        if not missing:
+            continue
+        message = (
+            f"{location}: {name}/{key} lacks {missing} of its {array.nchunks} chunks, which "
+            "read as zeros"
+        )
+        if key == "indices":
+            raise ValueError(f"{message}: the store is damaged. Re-create or restore it.")
+        logger.warning(
+            "%s: stored zeros, or deleted chunks (then cells lose counts: restore the store)",
+            message,
+        )
 
 
 def _var_names(root, gene_key: str | None, name: str = "X") -> pd.Index:

@@ -120,14 +120,20 @@ def _write_into(group, columns, wide: dict[str, Path], record: dict) -> None:
     """Add the uns record, obs columns and obsm arrays (``wide``: name to zarr array).
 
     The record goes first: it lists the keys this run writes, so that a run
-    killed while writing them finds them its own when it resumes.
+    killed while writing them finds them its own when it resumes. Earlier
+    results it names ``removed`` (of the same key, not written again) go.
     """
     uns = group["uns"] if "uns" in group else group.create_group("uns")
     write_elem(uns, ANNOTATE_RECORD_KEY, _clean_record(record))
     obs = group["obs"]
+    removed = [key.split("/", 1) for key in record.get("removed", [])]
+    for kind, name in removed:
+        if kind in group and name in group[kind]:
+            del group[kind][name]
     for name, values in columns.items():
         write_elem(obs, name, values)
-    order = list(obs.attrs.get("column-order", []))
+    gone = {name for kind, name in removed if kind == "obs"}
+    order = [name for name in obs.attrs.get("column-order", []) if name not in gone]
     order += [name for name in columns if name not in order]
     obs.attrs["column-order"] = order  # written after the columns: readers see old or new
     obsm = group["obsm"] if "obsm" in group else group.create_group("obsm")

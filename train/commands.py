@@ -128,6 +128,11 @@ def predict(data, model_dir, out_file, overwrite, layer, gene_key, key_added, mi
     from scnym.infer.guards import check_output
 
     out_file = out_file or str(Path(data).with_name(Path(data).stem + "_scnym.h5ad"))
+    if Path(out_file).suffix.lower() != ".h5ad":
+        raise click.BadParameter(
+            f"{out_file}: predict writes an annotated .h5ad (for tables or zarr, use "
+            "`scnym annotate DATA -o results.csv|.parquet|.zarr`)", param_hint="-o/--output"
+        )  # fmt: skip
     check_output(out_file, data, overwrite)
     adata = _read_h5ad(data)
     _predict(adata, model_dir, key_added, device, layer, gene_key, min_gene_overlap, threads)

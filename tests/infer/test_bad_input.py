@@ -98,17 +98,28 @@ def test_cells_without_counts_get_no_label_in_annotate_and_predict(query, onnx_m
     )
 
 
-def test_a_deleted_chunk_is_named_not_read_as_zeros(many_cells, onnx_model, tmp_path):
+def _chunk_files(array_folder):
+    return sorted(p for p in array_folder.rglob("*") if p.is_file() and
+                  p.name not in ("zarr.json", ".zarray", ".zattrs"))  # fmt: skip
+
+
+def test_a_deleted_indices_chunk_is_refused_a_missing_data_chunk_reported(
+    many_cells, onnx_model, tmp_path, caplog
+):
     store = tmp_path / "damaged.zarr"
     many_cells.write_zarr(store, chunks=(250, 60))
-    chunks = sorted(p for p in (store / "X" / "data").rglob("*") if p.is_file() and
-                    p.name not in ("zarr.json", ".zarray", ".zattrs"))  # fmt: skip
-    assert len(chunks) > 2
-    os.remove(chunks[1])
+    os.remove(_chunk_files(store / "X" / "indices")[1])
     before = tree_digest(store)
-    with pytest.raises(ValueError, match=r"damaged: X/data lacks 1 of its \d+ chunks"):
+    with pytest.raises(ValueError, match=r"X/indices lacks 1 of its \d+ chunks.*damaged"):
         annotate(store, onnx_model, progress=False)
     assert tree_digest(store) == before
+    # a data chunk of stored zeros is valid and cannot be told from a deleted one: reported
+    other = tmp_path / "zeros.zarr"
+    many_cells.write_zarr(other, chunks=(250, 60))
+    os.remove(_chunk_files(other / "X" / "data")[1])
+    with caplog.at_level("WARNING", logger="scnym.infer.store"):
+        annotate(other, onnx_model, output=tmp_path / "out.csv", progress=False)
+    assert "X/data lacks 1 of its" in caplog.text and "stored zeros, or deleted" in caplog.text
 
 
 def test_a_store_the_process_cannot_write_is_opened_read_only(

@@ -139,3 +139,25 @@ def test_system_errors_are_one_line_and_v_adds_the_traceback(
     assert result.output.startswith(message) and result.output.count("\n") == 1
     verbose = CliRunner().invoke(main, ["-v", *args])
     assert "Traceback" in verbose.output and message in verbose.output
+
+
+def test_results_of_predict_are_scnyms_and_stale_keys_go(query, onnx_model, tmp_path):
+    from scnym.infer.memory import predict_adata
+
+    predicted = query.copy()
+    predict_adata(predicted, onnx_model)  # obs/scNym*, obsm/X_scnym and their record
+    store = tmp_path / "predicted.zarr"
+    predicted.write_zarr(store)
+    result = annotate(store, onnx_model, unknown_threshold=0.99, progress=False)
+    assert "obsm/X_scnym" in result.record["replaced"]
+    assert "scNym_unknown" in anndata.read_zarr(store).obs
+    again = annotate(store, onnx_model, unknown_threshold=None, progress=False)
+    written = anndata.read_zarr(store)
+    assert "scNym_unknown" not in written.obs  # not left stale beside the new confidences
+    assert again.record["removed"] == ["obs/scNym_unknown"]
+    assert "scNym_unknown" not in again.record["written"]["obs"]
+    in_memory = predicted.copy()
+    annotate(in_memory, onnx_model, unknown_threshold=0.99, write_probabilities=True,
+             progress=False)  # fmt: skip
+    annotate(in_memory, onnx_model, unknown_threshold=None, progress=False)
+    assert "scNym_unknown" not in in_memory.obs and "scNym_probabilities" not in in_memory.obsm

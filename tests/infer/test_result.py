@@ -101,3 +101,13 @@ def test_scanpy_plots_read_the_results(query, onnx_model):
     sc.pl.umap(query, color="scNym", show=False)
     sc.pl.dotplot(query, list(query.var_names[:5]), groupby="scNym", show=False)
     sc.pl.dotplot(query, list(query.var_names[:5]), groupby="scNym_unknown", show=False)
+
+
+def test_a_backed_anndata_is_read_as_its_store(query, onnx_model, tmp_path):
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path)
+    backed = anndata.read_h5ad(path, backed="r")
+    result = annotate(backed, onnx_model, output=tmp_path / "out.csv", progress=False)
+    backed.file.close()
+    expected = annotate(query.copy(), onnx_model, progress=False)
+    np.testing.assert_array_equal(result.labels, expected.labels)

@@ -189,3 +189,12 @@ def test_train_says_how_it_stopped_and_predict_on_cuda_names_onnxruntime(tmp_pat
                                      "--device", "cuda", "-o", str(tmp_path / "p.h5ad")])  # fmt: skip
     assert cuda.exit_code == 1 and "onnxruntime's CUDA provider" in cuda.output
     assert "torch" not in cuda.output
+
+
+def test_predict_writes_h5ad_only(tmp_path, onnx_model):
+    data = tmp_path / "cells.h5ad"
+    make_counts(n_cells=50, n_genes=60, seed=2).write_h5ad(data)
+    result = CliRunner().invoke(main, ["predict", str(data), "--model", str(onnx_model),
+                                       "-o", str(tmp_path / "p.csv")])  # fmt: skip
+    assert result.exit_code == 2 and "predict writes an annotated .h5ad" in result.output
+    assert not (tmp_path / "p.csv").exists()
