@@ -288,7 +288,10 @@ def _check_chunks(element, location: str, name: str) -> None:
 
 def _var_names(root, gene_key: str | None, name: str = "X") -> pd.Index:
     """Gene identifiers of the matrix ``name``: the ``var`` index, or ``var[gene_key]``."""
-    var = read_elem(root["raw"]["var"] if name == "raw/X" else root["var"])
+    group = root["raw"] if name == "raw/X" else root
+    if "var" not in group:
+        raise ValueError(f"{name} has no var (gene table) beside it: this is not an AnnData store")
+    var = read_elem(group["var"])
     if gene_key is None:
         return pd.Index(var.index.astype(str))
     if gene_key in var.columns:

@@ -10,6 +10,7 @@ copied chunk by chunk, so they are never held whole in memory.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -26,10 +27,17 @@ from .guards import TABLE_SUFFIXES
 from .partial import PartialResults
 from .store import StoreReader, read_obs_names, source_columns
 
+logger = logging.getLogger(__name__)
+
 
 def wide_keys(output: str | None, write_probabilities: bool) -> tuple[str, ...]:
     """The per-cell arrays the output keeps (parquet and csv keep obs columns only)."""
     if output is not None and Path(output).suffix.lower() in TABLE_SUFFIXES:
+        if write_probabilities:
+            logger.warning(
+                "%s is a table of obs columns: the probabilities are not written (use .zarr "
+                "or .h5ad)", output,
+            )  # fmt: skip
         return ()
     return ("embedding", "probabilities") if write_probabilities else ("embedding",)
 

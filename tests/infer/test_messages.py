@@ -63,3 +63,21 @@ def test_cells_without_counts_in_the_model_genes_get_no_label(query, onnx_model)
     result = annotate(query, onnx_model, progress=False)
     assert query.obs["scNym"].isna().to_numpy().nonzero()[0].tolist() == [4]
     assert result.record["n_cells_without_counts"] == 1
+
+
+def test_small_misuses_are_named(query, onnx_model, tmp_path, caplog):
+    import shutil
+
+    from scnym.infer.memory import predict_adata
+
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, not 'gpu'"):
+        predict_adata(query.copy(), onnx_model, device="gpu")
+    store = tmp_path / "novar.zarr"
+    query.write_zarr(store)
+    shutil.rmtree(store / "var")
+    with pytest.raises(ValueError, match="not an AnnData store"):
+        annotate(store, onnx_model, output=tmp_path / "a.csv", progress=False)
+    with caplog.at_level("WARNING", logger="scnym.infer.writer"):
+        annotate(query.copy(), onnx_model, output=tmp_path / "b.csv", write_probabilities=True,
+                 progress=False)  # fmt: skip
+    assert "the probabilities are not written" in caplog.text
