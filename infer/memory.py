@@ -211,12 +211,8 @@ def predict_adata(
     threads
         onnxruntime intra-op threads.
     """
-    device = str(device)
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
-    ort_device = "auto" if device == "auto" else "cuda" if device.startswith("cuda") else "cpu"
     onnx_model = OnnxModel(
-        resolve_model(model), providers=resolve_providers(ort_device), threads=threads
+        resolve_model(model), providers=resolve_providers(device), threads=threads
     )
     result = predict_matrix(
         onnx_model, adata.X, adata.var_names, min_gene_overlap=min_gene_overlap,

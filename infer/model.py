@@ -28,13 +28,17 @@ Device = Literal["cpu", "cuda", "auto"]
 
 
 def resolve_providers(device: Device = "cpu") -> list[str]:
-    """onnxruntime execution providers for ``device``.
+    """onnxruntime execution providers for ``device`` (torch spellings such as ``'cuda:0'`` too).
 
     Raises
     ------
     ValueError
-        If CUDA is asked for and onnxruntime has no CUDA provider.
+        For another device, or if CUDA is asked for and onnxruntime has no CUDA provider.
     """
+    device = str(device)
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+    device = "cuda" if device.startswith("cuda") else device
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
