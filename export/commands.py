@@ -39,6 +39,11 @@ def export(model_dir, output, precision, opset, check, input_mode, force) -> Non
         f"Parity on {report.n_check_cells} {report.check_source} cells: "
         f"max |d prob| {report.max_prob_diff:.2e}, max |d embedding| {report.max_embed_diff:.2e}, "
         f"argmax agreement with fp32 {report.argmax_agreement_fp32:.2%}"
+        + (
+            f", max relative |d novelty| {report.max_novelty_diff:.2e}"
+            if report.max_novelty_diff == report.max_novelty_diff  # not NaN
+            else ", no novelty score (model trained before it existed)"
+        )
     )
     click.echo(
         f"CPU speed: onnxruntime {report.onnx_cells_per_s:,.0f} cells/s, "
@@ -76,6 +81,14 @@ def inspect(model, as_json) -> None:
         f"{calibration['temperature']:.3g}, calibration error {calibration['ece_before']:.3f} -> "
         f"{calibration['ece_after']:.3f})" if calibration.get("confidence_threshold") else ""
     ))  # fmt: skip
+    novelty = meta.get("novelty") or {}
+    click.echo(
+        f"Novelty score: output 'novelty', flag above {novelty['threshold']:.4g} (flags "
+        f"{novelty['flag_rate']:.0%} of held-out reference cells)"
+        if novelty
+        else "Novelty score: none (exported before the score existed; cells are flagged by "
+        "confidence alone)"
+    )
     metrics = meta.get("metrics", {})
     click.echo("Metrics: " + ", ".join(f"{k}={_short(v)}" for k, v in metrics.items()))
     producer = meta.get("producer", {})

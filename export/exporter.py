@@ -31,6 +31,9 @@ Precision = Literal["fp32", "fp16", "int8"]
 #: fp32 parity with torch: largest allowed probability and embedding differences.
 PROB_TOLERANCE = 1e-5
 EMBED_TOLERANCE = 1e-4
+#: fp32 parity of the novelty score, relative to its magnitude (at least 1): the
+#: whitening amplifies float32 rounding of the logits (measured: 1e-6 to 1e-5).
+NOVELTY_TOLERANCE = 1e-4
 #: Least argmax agreement with fp32 for an fp16/int8 file to be written.
 MIN_AGREEMENT = 0.995
 #: Synthetic cells used for the parity check when no data is given.
@@ -71,6 +74,7 @@ class ExportReport:
     n_check_cells: int
     max_prob_diff: float = float("nan")
     max_embed_diff: float = float("nan")
+    max_novelty_diff: float = float("nan")  # relative; NaN for models without the score
     argmax_agreement_torch: float = float("nan")
     argmax_agreement_fp32: float = float("nan")
     size_bytes: int = 0
@@ -233,7 +237,7 @@ def export_model(
         raise ValueError(f"precision must be fp32, fp16 or int8, not {precision!r}")
     bundle = load_model_dir(model_dir)
     target_sum = float(bundle.manifest.get("preprocessing", {}).get("target_sum", TARGET_SUM))
-    graph = ScnymGraph(bundle.model, input_mode, target_sum, bundle.temperature)
+    graph = ScnymGraph(bundle.model, input_mode, target_sum, bundle.temperature, bundle.novelty)
     proto = to_onnx(graph, opset)
     onnx.checker.check_model(proto)
     data = _check_data(bundle, check)
@@ -292,6 +296,13 @@ def _check_parity(
         failures.append(f"max |d probability| {report.max_prob_diff:.2e} > {PROB_TOLERANCE}")
     if report.max_embed_diff > EMBED_TOLERANCE:
         failures.append(f"max |d embedding| {report.max_embed_diff:.2e} > {EMBED_TOLERANCE}")
+    if len(reference) > 3:
+        scale = np.maximum(np.abs(reference[3]), 1.0)
+        report.max_novelty_diff = float((np.abs(fp32[3] - reference[3]) / scale).max())
+        if report.max_novelty_diff > NOVELTY_TOLERANCE:
+            failures.append(
+                f"max relative |d novelty| {report.max_novelty_diff:.2e} > {NOVELTY_TOLERANCE}"
+            )
     if report.argmax_agreement_torch < 1.0:
         failures.append(f"argmax agreement {report.argmax_agreement_torch:.4%} < 100 %")
     if failures:

@@ -56,6 +56,7 @@ def build_metadata(
         "training": {"config": config, "data": manifest.get("data", {})},
         "metrics": manifest.get("metrics", {}),
         "calibration": manifest.get("calibration", {}),
+        "novelty": bundle.novelty.summary() if bundle.novelty is not None else {},
         "confidence_threshold": threshold,
         "producer": {
             "name": "scnym",
@@ -79,6 +80,11 @@ def build_metadata(
                 "probabilities": "[cells, classes]",
                 "embedding": "[cells, hidden] (obsm['X_scnym'])",
                 "predicted_class": "[cells] index into classes",
+                **(
+                    {"novelty": "[cells] novelty score (obs['scNym_novelty'])"}
+                    if bundle.novelty is not None
+                    else {}
+                ),
             },
         },
     }

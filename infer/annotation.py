@@ -32,7 +32,7 @@ from .guards import (
     keys_to_write,
 )
 from .memory import annotate_adata
-from .model import Device, OnnxModel, resolve_model, resolve_providers
+from .model import Device, OnnxModel, resolve_model, resolve_providers, warn_without_novelty
 from .partial import PartialResults, WideArrays, partial_folder
 from .result import AnnotationResult, run_record
 from .settings import AnnotateSettings
@@ -82,8 +82,9 @@ def annotate(
         Read ``layers[layer]`` (``'raw'``: ``adata.raw``, unless such a layer exists)
         instead of ``X``; take the genes from ``var[gene_key]``, not the ``var`` index.
     key_added
-        Name of the label column (``obs[key_added]``, ``obs[key_added + '_confidence']``);
-        a store's existing keys are replaced only where an earlier scNym run wrote them.
+        Name of the label column (``obs[key_added]``; also ``_confidence``, ``_novelty``
+        and ``_unknown`` after it); a store's existing keys are replaced only where an
+        earlier scNym run wrote them.
     batch_size
         Rows per block (rounded to whole chunks of the store).
     device
@@ -97,9 +98,9 @@ def annotate(
     min_gene_overlap
         Least fraction of the model's genes the store must hold.
     unknown_threshold
-        Cells whose confidence is below it are labeled ``'Unknown'`` in
-        ``obs[key_added + '_unknown']``; ``'auto'`` takes the model's threshold
-        (none: no such column).
+        Flag (bool ``obs[key_added + '_unknown']``) cells whose novelty score is above
+        it, and cells without counts; ``'auto'``: the model's (None: no flag). Models
+        exported without the score flag cells whose confidence is below it.
     write_probabilities
         Also write the class probabilities (``obsm[key_added + '_probabilities']``).
     overwrite
@@ -163,6 +164,7 @@ class _Run:
         self.model = OnnxModel(
             self.model_path, providers=resolve_providers(s.device), threads=s.threads
         )
+        warn_without_novelty(self.model)
         self.threshold = s.threshold(self.model)
         self.wide = wide_keys(self.output, s.write_probabilities)
         self.reader = open_store(
@@ -174,7 +176,9 @@ class _Run:
         """Refuse what would destroy data, plan the blocks and open the partial results."""
         s = self.settings
         check_writable(self.reader, self.output)
-        self.keys = keys_to_write(s.key_added, self.wide, self.threshold is not None)
+        self.keys = keys_to_write(
+            s.key_added, self.wide, self.threshold is not None, self.model.has_novelty
+        )
         self.earlier: dict[str, list[str]] = {}
         if self.output is None:
             self.keys = check_own_keys(self.reader, self.keys)
@@ -230,7 +234,7 @@ class _Run:
         written_to, columns, record = write_results(
             self.reader, self.partial, self.plan, self.model.classes,
             key_added=self.settings.key_added, output=self.output, record=record,
-            unknown_threshold=self.threshold,
+            unknown_threshold=self.threshold, novelty=self.model.has_novelty,
         )  # fmt: skip
         return columns, written_to, record
 

@@ -280,17 +280,21 @@ class BlockEncoder:
     def run(
         self, model: OnnxModel, block: sparse.csr_matrix, start: int = 0
     ) -> dict[str, np.ndarray]:
-        """Classify one block: predictions, confidences, embeddings, probabilities, empty cells."""
+        """Classify one block: predictions, confidences, embeddings, probabilities, empty
+        cells and, where the model has it, the novelty score."""
         return classify_block(model, self.inputs(model, block, start))
 
 
 def classify_block(model: OnnxModel, inputs: ModelInputs) -> dict[str, np.ndarray]:
     """Run the model on a block's inputs (see :meth:`BlockEncoder.inputs`)."""
     out = model.run(inputs.x, total_counts=inputs.total)
-    return {
+    result = {
         "predicted": out.predicted_class.astype(np.int32),
         "confidence": out.probabilities.max(axis=1).astype(np.float32),
         "embedding": out.embedding.astype(np.float32),
         "probabilities": out.probabilities.astype(np.float32),
         "empty": inputs.empty,
     }
+    if out.novelty is not None:
+        result["novelty"] = out.novelty.astype(np.float32)
+    return result

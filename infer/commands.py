@@ -40,7 +40,9 @@ def model_file(model: str) -> str:
 @click.option("--min-gene-overlap", type=float, default=DEFAULT_MIN_GENE_OVERLAP, show_default=True,
               help="Least fraction of the model's genes the data must hold.")  # fmt: skip
 @click.option("--unknown-threshold", type=float, default=None,
-              help="Label cells below this confidence 'Unknown' (default: the model's).")  # fmt: skip
+              help="Flag cells (obs '<key>_unknown') whose novelty score is above this "
+                   "(default: the model's, set on held-out reference cells; models exported "
+                   "without the score: confidence below it).")  # fmt: skip
 @click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def annotate(store, model, output, overwrite, layer, measurement, obs_filter, gene_key, key_added, batch_size, device, threads,

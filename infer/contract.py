@@ -47,8 +47,11 @@ INPUT_NAMES: dict[str, tuple[str, ...]] = {
     "counts": ("counts", "total_counts"),
     "log1p_cpm": ("log1p_cpm",),
 }
-#: Graph output names, in order.
+#: Graph output names every exported model has, in order.
 OUTPUT_NAMES: tuple[str, str, str] = ("probabilities", "embedding", "predicted_class")
+#: The optional fourth output: each cell's novelty score (models exported since the
+#: score exists; older files lack it).
+NOVELTY_OUTPUT = "novelty"
 
 #: An Ensembl gene ID (``ENSG00000141510``, ``ENSMUSG00000059552.3``).
 ENSEMBL_GENE_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -77,8 +80,6 @@ DEFAULT_EXPLAIN_KEY = "scNym_rank_genes"
 ANNOTATE_RECORD_KEY = "scNym_annotate"
 #: ``layer`` that reads ``adata.raw`` (unless the data has a layer of that name).
 RAW_LAYER = "raw"
-#: Label of cells whose confidence is below the threshold.
-UNKNOWN_LABEL = "Unknown"
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,13 @@ class ResultKeys:
 
     @property
     def unknown(self) -> str:
-        """``obs`` column of the labels with low-confidence cells ``'Unknown'``."""
+        """``obs`` column (bool) flagging cells unlike the reference, or without counts."""
         return f"{self.key_added}_unknown"
+
+    @property
+    def novelty(self) -> str:
+        """``obs`` column of the novelty score (higher = less like any reference type)."""
+        return f"{self.key_added}_novelty"
 
     @property
     def probabilities(self) -> str:

@@ -115,10 +115,13 @@ class KeysToWrite:
         }
 
 
-def keys_to_write(key_added: str, wide: tuple[str, ...], unknown: bool) -> KeysToWrite:
+def keys_to_write(
+    key_added: str, wide: tuple[str, ...], unknown: bool, novelty: bool = False
+) -> KeysToWrite:
     """The obs columns and obsm arrays a run writes (``wide``: the per-cell arrays kept)."""
     keys = ResultKeys(key_added)
-    obs = (keys.label, keys.confidence, *((keys.unknown,) if unknown else ()))
+    obs = (keys.label, keys.confidence, *((keys.novelty,) if novelty else ()),
+           *((keys.unknown,) if unknown else ()))  # fmt: skip
     return KeysToWrite(obs, tuple(getattr(keys, name) for name in wide))
 
 
@@ -180,10 +183,10 @@ def check_keys(
 
 def _stale(present: dict[str, set[str]], ours: dict[str, list[str]], planned) -> tuple[str, ...]:
     """Earlier scNym results of the planned ``key_added`` that this run does not rewrite."""
-    label = planned.obs[0]
-    family = {"obs": ResultKeys(label).unknown, "obsm": ResultKeys(label).probabilities}
+    keys = ResultKeys(planned.obs[0])
+    family = (("obs", keys.novelty), ("obs", keys.unknown), ("obsm", keys.probabilities))
     return tuple(
         f"{kind}/{key}"
-        for kind, key in family.items()
+        for kind, key in family
         if key in present[kind] and key in ours.get(kind, []) and key not in getattr(planned, kind)
     )

@@ -30,7 +30,7 @@ from .contract import (
     ResultKeys,
 )
 from .guards import check_key_added, check_keys, check_output, keys_in_record, keys_to_write
-from .model import OnnxModel, resolve_model, resolve_providers
+from .model import OnnxModel, resolve_model, resolve_providers, warn_without_novelty
 from .preprocessing import align_genes, gene_index_map, to_log1p_cpm
 from .result import AnnotationResult, run_record
 from .settings import AnnotateSettings
@@ -58,6 +58,8 @@ class MatrixPrediction:
         ``'counts'`` or ``'log1p_cpm'``, as detected.
     empty
         The cells without counts, which get no label.
+    novelty
+        Each cell's novelty score (None for models exported without it).
     """
 
     probabilities: np.ndarray
@@ -66,6 +68,7 @@ class MatrixPrediction:
     coverage: GeneCoverage
     input_kind: str
     empty: np.ndarray
+    novelty: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -130,6 +133,8 @@ def predict_matrix(
     plan = plan_blocks(reader, model, batch_size, min_gene_overlap)
     encoder = BlockEncoder(plan)
     outputs: dict[str, list[np.ndarray]] = {"probabilities": [], "embedding": [], "empty": []}
+    if model.has_novelty:
+        outputs["novelty"] = []
     with tqdm(total=reader.n_obs, unit="cells", desc="Annotating", disable=not progress) as bar:
         for start, stop in plan.bounds:
             out = encoder.run(model, reader.read_rows(start, stop), start)
@@ -144,6 +149,7 @@ def predict_matrix(
         plan.coverage,
         plan.input_kind,
         joined["empty"],
+        joined.get("novelty"),
     )
 
 
@@ -155,18 +161,20 @@ def write_prediction(
     key_added: str = DEFAULT_KEY_ADDED,
     empty: np.ndarray | None = None,
     unknown_threshold: float | None = None,
+    novelty: np.ndarray | None = None,
 ) -> None:
     """Write in-memory prediction's keys into ``adata`` (torch and ONNX models alike).
 
     The obs columns of :func:`scnym.infer.annotate` (``obs[key_added]``, its
-    ``_confidence`` and, with a threshold, ``_unknown``; no label for the
-    ``empty`` cells, which hold no counts), ``uns['scNym_probabilities']`` (cells x
-    classes, as scNym 0.3.2 wrote it) and ``obsm['X_scnym']``.
+    ``_confidence``, the ``_novelty`` score where the model has one and, with a
+    threshold, the bool ``_unknown`` flag; no label for the ``empty`` cells,
+    which hold no counts), ``uns['scNym_probabilities']`` (cells x classes, as
+    scNym 0.3.2 wrote it) and ``obsm['X_scnym']``.
     """
     empty = np.zeros(len(probabilities), dtype=bool) if empty is None else np.asarray(empty)
     columns = obs_columns(
         probabilities.argmax(axis=1), probabilities.max(axis=1).astype(np.float32), empty,
-        list(classes), key_added, unknown_threshold,
+        list(classes), key_added, unknown_threshold, novelty,
     )  # fmt: skip
     for name, values in columns.items():
         adata.obs[name] = values
@@ -175,7 +183,9 @@ def write_prediction(
     )
     adata.obsm[ResultKeys(key_added).embedding] = embedding.astype(np.float32)
     # the record that makes these keys scNym's (annotate replaces them only then)
-    planned = keys_to_write(key_added, ("embedding",), unknown_threshold is not None)
+    planned = keys_to_write(
+        key_added, ("embedding",), unknown_threshold is not None, novelty is not None
+    )
     earlier = keys_in_record(adata.uns.get(ANNOTATE_RECORD_KEY))
     record = {"by": "predict", "key_added": key_added, "classes": list(classes),
               "unknown_threshold": unknown_threshold, "written": planned.as_record(earlier)}  # fmt: skip
@@ -214,6 +224,7 @@ def predict_adata(
     onnx_model = OnnxModel(
         resolve_model(model), providers=resolve_providers(device), threads=threads
     )
+    warn_without_novelty(onnx_model)
     result = predict_matrix(
         onnx_model, adata.X, adata.var_names, min_gene_overlap=min_gene_overlap,
         alternatives=alternatives_of(adata, None),
@@ -225,7 +236,7 @@ def predict_adata(
     )  # fmt: skip
     write_prediction(
         adata, result.probabilities, result.embedding, result.classes, key_added, result.empty,
-        onnx_model.metadata.get("confidence_threshold"),
+        onnx_model.unknown_threshold, result.novelty,
     )  # fmt: skip
     return result
 
@@ -274,9 +285,10 @@ def annotate_adata(adata: anndata.AnnData, settings: AnnotateSettings) -> Annota
         resolve_model(settings.model), providers=resolve_providers(settings.device),
         threads=settings.threads,
     )  # fmt: skip
+    warn_without_novelty(model)
     threshold = settings.threshold(model)
     wide = wide_keys(output, settings.write_probabilities)
-    planned = keys_to_write(settings.key_added, wide, threshold is not None)
+    planned = keys_to_write(settings.key_added, wide, threshold is not None, model.has_novelty)
     earlier = {} if output is not None else keys_in_record(adata.uns.get(ANNOTATE_RECORD_KEY))
     if output is None:
         present = {"obs": set(adata.obs.columns), "obsm": set(adata.obsm.keys())}
@@ -287,7 +299,7 @@ def annotate_adata(adata: anndata.AnnData, settings: AnnotateSettings) -> Annota
     )  # fmt: skip
     columns = obs_columns(
         prediction.probabilities.argmax(axis=1), prediction.probabilities.max(axis=1),
-        prediction.empty, prediction.classes, settings.key_added, threshold,
+        prediction.empty, prediction.classes, settings.key_added, threshold, prediction.novelty,
     )  # fmt: skip
     record = {
         **run_record(str(settings.model), model, prediction.coverage, prediction.input_kind,

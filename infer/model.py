@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -18,6 +19,7 @@ from .contract import (
     INPUT_MODES,
     INPUT_NAMES,
     META_PREFIX,
+    NOVELTY_OUTPUT,
     OUTPUT_NAMES,
     metadata_digest,
 )
@@ -25,6 +27,8 @@ from .preprocessing import TARGET_SUM
 
 #: Where a model runs: ``'auto'`` takes CUDA when onnxruntime has it.
 Device = Literal["cpu", "cuda", "auto"]
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_providers(device: Device = "cpu") -> list[str]:
@@ -204,6 +208,17 @@ class Prediction:
     probabilities: np.ndarray
     embedding: np.ndarray
     predicted_class: np.ndarray
+    novelty: np.ndarray | None = None  # None for models exported without the score
+
+
+def warn_without_novelty(model: OnnxModel) -> None:
+    """Say so when ``model`` predates the novelty score (the flag then reads confidence)."""
+    if not model.has_novelty:
+        logger.warning(
+            "%s was exported without the novelty score: no %s column, and cells are flagged "
+            "by confidence alone; export the model again with this version to get it",
+            model.path.name, "<key_added>_novelty",
+        )  # fmt: skip
 
 
 class OnnxModel:
@@ -243,6 +258,19 @@ class OnnxModel:
         return float(self.metadata["preprocessing"].get("target_sum", TARGET_SUM))
 
     @property
+    def has_novelty(self) -> bool:
+        """Whether the graph computes the novelty score (files exported before it do not)."""
+        return NOVELTY_OUTPUT in self.output_names
+
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The model's flag threshold: on the novelty score where the model has one (cells
+        above it are flagged), else on the confidence (cells below it)."""
+        if self.has_novelty:
+            return (self.metadata.get("novelty") or {}).get("threshold")
+        return self.metadata.get("confidence_threshold")
+
+    @property
     def input_mode(self) -> str:
         """``'counts'`` (inputs ``counts`` and ``total_counts``) or ``'log1p_cpm'``."""
         return self.metadata["preprocessing"]["input_mode"]
@@ -267,5 +295,5 @@ class OnnxModel:
             feeds = dict(zip(INPUT_NAMES["counts"], (x, total), strict=True))
         else:
             feeds = dict(zip(INPUT_NAMES["log1p_cpm"], (x,), strict=True))
-        probabilities, embedding, predicted = self.session.run(list(OUTPUT_NAMES), feeds)
-        return Prediction(probabilities, embedding, predicted)
+        names = list(OUTPUT_NAMES) + ([NOVELTY_OUTPUT] if self.has_novelty else [])
+        return Prediction(*self.session.run(names, feeds))

@@ -25,7 +25,7 @@ from zarr.codecs import BloscCodec
 from .fileio import is_url
 
 #: Per-block results kept in the block files (the rest are wide arrays or dropped).
-NARROW_KEYS = ("predicted", "confidence", "empty")
+NARROW_KEYS = ("predicted", "confidence", "empty", "novelty")
 #: Layout of the block files; partial results of another layout are not resumed.
 LAYOUT = 2
 #: What anndata's writer puts on a dense array. The wide arrays are created here,

@@ -36,6 +36,7 @@ def run_record(
         "input_kind": input_kind,
         "layer": layer,
         "unknown_threshold": threshold,
+        "novelty_score": model.has_novelty,
         "scnym": __version__,
         "onnxruntime": ort.__version__,
         "providers": model.session.get_providers(),

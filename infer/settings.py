@@ -38,7 +38,8 @@ class AnnotateSettings:
         return None if self.output is None else str(self.output)
 
     def threshold(self, model: OnnxModel) -> float | None:
-        """The confidence below which cells are ``'Unknown'``: asked for, else the model's."""
+        """The flag threshold (novelty score, else confidence; see
+        :attr:`OnnxModel.unknown_threshold`): asked for, else the model's."""
         if self.unknown_threshold == "auto":
-            return model.metadata.get("confidence_threshold")
+            return model.unknown_threshold
         return self.unknown_threshold

@@ -22,7 +22,7 @@ import zarr
 from anndata.io import write_elem
 
 from .blocks import BlockPlan
-from .contract import ANNOTATE_RECORD_KEY, UNKNOWN_LABEL, ResultKeys
+from .contract import ANNOTATE_RECORD_KEY, ResultKeys
 from .guards import TABLE_SUFFIXES
 from .partial import PartialResults
 from .store import StoreReader, read_obs_names, source_columns
@@ -96,11 +96,15 @@ def obs_columns(
     classes: list[str],
     key_added: str,
     unknown_threshold: float | None,
+    novelty: np.ndarray | None = None,
 ) -> dict[str, object]:
-    """The obs columns; cells without counts get no label and confidence NaN.
+    """The obs columns; cells without counts get no label, confidence and novelty NaN.
 
     The categories are the classes some cell received (scanpy's plots index
-    their colours and groups by them).
+    their colours and groups by them). With a threshold, the bool ``_unknown``
+    column flags cells whose novelty is above it (below it in confidence, for
+    models without the score) and the cells without counts; the label stays the
+    best reference type.
     """
     keys = ResultKeys(key_added)
     # codes, not strings: per-cell string arrays were most of the memory that grew
@@ -109,13 +113,14 @@ def obs_columns(
     confidence = np.where(empty, np.float32(np.nan), confidence)
     labels = pd.Categorical.from_codes(codes, categories=classes).remove_unused_categories()
     columns: dict[str, object] = {keys.label: labels, keys.confidence: confidence}
+    if novelty is not None:
+        novelty = np.where(empty, np.float32(np.nan), novelty).astype(np.float32)
+        columns[keys.novelty] = novelty
     if unknown_threshold is not None:
-        unsure = empty | (confidence < unknown_threshold)
-        codes = np.where(unsure, len(classes), predicted)
-        categories = [*classes, UNKNOWN_LABEL]
-        columns[keys.unknown] = pd.Categorical.from_codes(
-            codes, categories=categories
-        ).remove_unused_categories()
+        unlike = (
+            novelty > unknown_threshold if novelty is not None else confidence < unknown_threshold
+        )
+        columns[keys.unknown] = np.asarray(empty | unlike, dtype=bool)
     return columns
 
 
@@ -158,15 +163,19 @@ def write_results(
     output: str | None,
     record: dict,
     unknown_threshold: float | None,
+    novelty: bool = False,
 ) -> tuple[str, dict[str, object], dict]:
-    """Write the results of every block; returns (where, obs columns, record)."""
+    """Write the results of every block; returns (where, obs columns, record).
+
+    ``novelty``: the blocks hold the novelty score (the model has one).
+    """
     predicted = _gather(partial, plan, "predicted")
     empty = _gather(partial, plan, "empty")
     record = {**record, "n_cells_without_counts": int(empty.sum()), "classes": list(classes),
               "key_added": key_added}  # fmt: skip
     columns = obs_columns(
         predicted, _gather(partial, plan, "confidence"), empty, classes, key_added,
-        unknown_threshold,
+        unknown_threshold, _gather(partial, plan, "novelty") if novelty else None,
     )  # fmt: skip
     keys = ResultKeys(key_added)
     wide = {getattr(keys, key): partial.wide_path(key) for key in partial.wide.keys}

@@ -44,6 +44,7 @@ from .modeldir import (
     load_model_dir,
     write_model_dir,
 )
+from .novelty import NoveltyFit, fit_novelty
 from .plotting import write_training_log
 from .prediction import model_outputs, onnx_file, predict_bundle, predict_onnx
 from .pretrained import (
@@ -275,9 +276,12 @@ def scnym_train(
         progress=progress,
     )
     results = training_results(out_path, fit, genes, class_names, cfg, splits)
+    calibration, novelty = _held_out_fits(fit.model, X, codes, splits)
+    if novelty is not None:
+        novelty.save(out_path)
     manifest = training_manifest(
         fit, genes, class_names, cfg, input_kind, adata, groupby, domain_groupby, selection.record,
-        _calibration(fit.model, X, codes, splits),
+        calibration, novelty,
     )  # fmt: skip
     write_model_dir(out_path, results, manifest)
     write_training_log(fit.history, out_path)
@@ -285,11 +289,19 @@ def scnym_train(
     return results
 
 
-def _calibration(model, X, codes: np.ndarray, splits) -> Calibration:
-    """Temperature from the model-selection split; threshold and ECE from the validation split."""
+def _held_out_fits(model, X, codes: np.ndarray, splits) -> tuple[Calibration, NoveltyFit | None]:
+    """Calibration and the novelty score, fitted on the labeled splits.
+
+    The temperature and the novelty score's scales come from the model-selection
+    split, the thresholds and the ECE from the validation split; the novelty
+    score's class statistics from the training split.
+    """
     fit_logits, _ = model_outputs(model, X[splits.test])
     check_logits, _ = model_outputs(model, X[splits.val])
-    return calibrate(fit_logits, codes[splits.test], check_logits, codes[splits.val])
+    train_logits, _ = model_outputs(model, X[splits.train])
+    calibration = calibrate(fit_logits, codes[splits.test], check_logits, codes[splits.val])
+    novelty = fit_novelty(train_logits, codes[splits.train], fit_logits, check_logits)
+    return calibration, novelty
 
 
 def scnym_predict(

@@ -172,7 +172,7 @@ def _predict(adata, model, key_added, device, layer, gene_key, min_gene_overlap,
         predict_adata(query, model_file(model), key_added, device, min_gene_overlap, threads)
     if query is not adata:
         keys = ResultKeys(key_added)
-        for column in (keys.label, keys.confidence, keys.unknown):
+        for column in (keys.label, keys.confidence, keys.novelty, keys.unknown):
             if column in query.obs:
                 adata.obs[column] = query.obs[column].values
         adata.obsm[keys.embedding] = query.obsm[keys.embedding]
@@ -184,7 +184,10 @@ def _predict(adata, model, key_added, device, layer, gene_key, min_gene_overlap,
               type=click.Path(), help="Folder of the demo's outputs.")  # fmt: skip
 @click.option("--epochs", type=int, default=None, help="Override n_epochs (default 100).")
 @click.option("--config", "config_name", default="new_identity_discovery", show_default=True)
-def demo(out_path, epochs, config_name) -> None:
+@click.option("--leave-out", default=None, metavar="TYPE",
+              help="Remove this cell type from the labeled cells, to see the novelty score "
+                   "find it among the stimulated cells (e.g. B).")  # fmt: skip
+def demo(out_path, epochs, config_name, leave_out) -> None:
     """Train on the bundled Kang PBMCs, export, annotate the stimulated cells torch-free.
 
     Control cells are labelled, stimulated cells unlabelled; the report folder holds
@@ -192,7 +195,7 @@ def demo(out_path, epochs, config_name) -> None:
     """
     from .demo import run_demo
 
-    result = run_demo(out_path=out_path, config=config_name, n_epochs=epochs)
+    result = run_demo(out_path=out_path, config=config_name, n_epochs=epochs, leave_out=leave_out)
     click.echo(f"Trained in {result.train_seconds:.0f} s; everything is in {out_path}/")
     click.echo(result.training_summary)
     click.echo(
@@ -201,6 +204,15 @@ def demo(out_path, epochs, config_name) -> None:
         f"{result.cells_per_s:,.0f} cells/s, gene coverage {result.gene_fraction:.1%}, "
         f"agreement with torch {result.agreement_with_torch:.1%}"
     )
+    novelty = result.novelty
+    if novelty:
+        click.echo(f"Flagged as unlike the reference: {novelty['flagged']:.1%} of the cells")
+    if "auroc" in novelty:
+        click.echo(
+            f"Left out {novelty['left_out']!r}: novelty AUROC {novelty['auroc']:.3f}, flagged "
+            f"{novelty['left_out_flagged']:.1%} of its cells and {novelty['known_flagged']:.1%} "
+            "of the others"
+        )
     click.echo("Recall per cell type:")
     click.echo(result.recall.round(3).to_string())
     click.echo("Report: " + ", ".join(str(p) for p in result.report.values()))

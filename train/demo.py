@@ -17,7 +17,7 @@ from pathlib import Path
 import anndata
 import numpy as np
 import pandas as pd
-from scnym.infer.contract import DEFAULT_KEY_ADDED, EMBEDDING_KEY, TRAIN_RESULTS_KEY
+from scnym.infer.contract import DEFAULT_KEY_ADDED, EMBEDDING_KEY, TRAIN_RESULTS_KEY, ResultKeys
 
 from .api import UNLABELED_TOKEN, scnym_api
 from .config import get_config
@@ -55,6 +55,7 @@ class DemoResult:
     training_summary: str = ""
     report: dict[str, Path] = field(default_factory=dict)
     adata: anndata.AnnData | None = None
+    novelty: dict = field(default_factory=dict)
 
 
 def _training_summary(adata: anndata.AnnData, config: dict) -> str:
@@ -74,6 +75,7 @@ def run_demo(
     config: str | dict = "new_identity_discovery",
     n_epochs: int | None = None,
     progress: bool = True,
+    leave_out: str | None = None,
 ) -> DemoResult:
     """Train on the bundled control cells, export, annotate the stimulated cells, report.
 
@@ -93,6 +95,10 @@ def run_demo(
         Override the number of epochs (the preset's 100 by default).
     progress
         Show progress bars.
+    leave_out
+        A cell type removed from the labeled control cells: the reference lacks it,
+        and the report measures how well the novelty score finds its stimulated
+        cells (``result.novelty``, ``summary.json``).
 
     Returns
     -------
@@ -103,7 +109,7 @@ def run_demo(
 
     out = Path(out_path)
     out.mkdir(parents=True, exist_ok=True)
-    adata = kang_pbmc_small()
+    adata = _without_reference_type(kang_pbmc_small(), leave_out)
     truth = adata.obs["cell_type"].astype(str).to_numpy()
     target = adata.obs["condition"].to_numpy() == "stim"
     adata.obs["label"] = np.where(target, UNLABELED_TOKEN, truth)
@@ -121,14 +127,8 @@ def run_demo(
     onnx_path = out / ONNX_FILE
     export_model(model_dir, onnx_path, check=adata[target][:500])
 
-    store = out / STORE
-    if store.exists():
-        shutil.rmtree(store)
-    # Only the counts go into the store: no labels, no torch predictions.
-    query = anndata.AnnData(adata.X[target], obs=adata.obs.loc[target, ["condition"]])
-    query.var_names = adata.var_names
-    query.write_zarr(store)
-    annotation = annotate(store, onnx_path, unknown_threshold=None, progress=progress)
+    store = _write_query_store(out / STORE, adata, target)
+    annotation = annotate(store, onnx_path, progress=progress)
 
     pred = annotation.labels.astype(str)
     recall = recall_per_class(truth[target], pred)
@@ -146,9 +146,54 @@ def run_demo(
         out_path=out,
         training_summary=_training_summary(adata, config),
         adata=annotated,
+        novelty=novelty_summary(annotated.obs, truth[target], leave_out),
     )
     result.report = write_report(out / REPORT_DIR, model_dir, adata, annotated, result)
     return result
+
+
+def _write_query_store(store: Path, adata: anndata.AnnData, target: np.ndarray) -> Path:
+    """The target cells' counts as a zarr store (no labels, no torch predictions)."""
+    if store.exists():
+        shutil.rmtree(store)
+    query = anndata.AnnData(adata.X[target], obs=adata.obs.loc[target, ["condition"]])
+    query.var_names = adata.var_names
+    query.write_zarr(store)
+    return store
+
+
+def _without_reference_type(adata: anndata.AnnData, leave_out: str | None) -> anndata.AnnData:
+    """``adata`` without the control cells of ``leave_out`` (checked to be a type)."""
+    if leave_out is None:
+        return adata
+    types = adata.obs["cell_type"].astype(str)
+    if leave_out not in set(types):
+        raise ValueError(f"--leave-out {leave_out!r} is not a cell type of the demo data: "
+                         f"{sorted(set(types))}")  # fmt: skip
+    reference = adata.obs["condition"].to_numpy() != "stim"
+    return adata[~(reference & (types.to_numpy() == leave_out))].copy()
+
+
+def novelty_summary(obs: pd.DataFrame, truth: np.ndarray, leave_out: str | None) -> dict:
+    """Shares of cells flagged; with ``leave_out``, its AUROC and flagged share vs the rest."""
+    keys = ResultKeys(DEFAULT_KEY_ADDED)
+    if keys.novelty not in obs:
+        return {}
+    flagged = obs[keys.unknown].to_numpy(dtype=bool)
+    summary = {"flagged": float(flagged.mean())}
+    novel = truth == leave_out
+    if leave_out is not None and novel.any():
+        from sklearn.metrics import roc_auc_score
+
+        score = obs[keys.novelty].to_numpy(dtype=float)
+        counted = ~np.isnan(score)
+        summary.update(
+            left_out=leave_out,
+            auroc=float(roc_auc_score(novel[counted], score[counted])),
+            left_out_flagged=float(flagged[novel].mean()),
+            known_flagged=float(flagged[~novel].mean()),
+        )
+    return summary
 
 
 def write_report(
@@ -176,7 +221,9 @@ def write_report(
         truth, annotated.obs[DEFAULT_KEY_ADDED].astype(str), paths["confusion_matrix"]
     )
     colours = {key: adata.obs[key].astype(str).to_numpy() for key in ("cell_type", "condition")}
-    plot_embedding(adata.obsm[EMBEDDING_KEY], colours, paths["embedding"])
+    keys = ResultKeys(DEFAULT_KEY_ADDED)
+    scores = {keys.novelty: adata.obs[keys.novelty]} if keys.novelty in adata.obs else {}
+    plot_embedding(adata.obsm[EMBEDDING_KEY], colours, paths["embedding"], scores=scores)
     stimulated = adata[adata.obs["condition"].to_numpy() == "stim"].copy()
     paths.update(write_saliency(folder, model_dir, stimulated))
     summary = {
@@ -188,6 +235,7 @@ def write_report(
         "agreement_with_torch": result.agreement_with_torch,
         "train_seconds": result.train_seconds,
         "n_query_cells": int(len(truth)),
+        "novelty": result.novelty,
     }
     paths["summary"].write_text(json.dumps(summary, indent=1))
     return paths

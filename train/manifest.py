@@ -26,6 +26,7 @@ from .config import Config
 from .fitting import FitResult, Splits
 from .labels import UNLABELED_TOKEN
 from .modeldir import MANIFEST_FORMAT, WEIGHTS_FILE
+from .novelty import NoveltyFit
 
 
 def training_results(
@@ -107,6 +108,7 @@ def training_manifest(
     domain_groupby: str | None,
     gene_selection: dict[str, Any] | None,
     calibration: Calibration | None = None,
+    novelty: NoveltyFit | None = None,
 ) -> dict[str, Any]:
     """The manifest of a model directory (JSON serialisable)."""
     threshold = cfg.ssl_kwargs.pseudolabel_min_confidence or None
@@ -128,6 +130,7 @@ def training_manifest(
         },
         "confidence_threshold": threshold,
         "calibration": calibration.to_dict() if calibration is not None else {},
+        "novelty": novelty.summary() if novelty is not None else {},
         "config": cfg.to_dict(),
         "data": _data_summary(adata, groupby, domain_groupby),
         "metrics": _metrics(fit),

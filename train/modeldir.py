@@ -6,7 +6,9 @@ A model directory holds:
   loadable with ``torch.load(weights_only=True)``;
 - ``scnym_train_results.pkl``: the original's results dict, plain types only;
 - ``scnym_model.json``: a human-readable manifest (genes, classes, model kwargs,
-  preprocessing, metrics, versions) that the export step reads.
+  preprocessing, metrics, versions) that the export step reads;
+- ``scnym_novelty.npz``: the fitted novelty score (:mod:`scnym.novelty`), where
+  training fitted one.
 
 Directories written by scNym 0.3.2 have no manifest; one is derived from their
 results pickle, read with an unpickler that only admits numpy arrays and plain
@@ -27,6 +29,7 @@ import torch
 from scnym.infer.preprocessing import TARGET_SUM
 
 from .model import CellTypeCLF
+from .novelty import NoveltyFit
 
 WEIGHTS_FILE = "00_best_model_weights.pkl"
 RESULTS_FILE = "scnym_train_results.pkl"
@@ -96,6 +99,11 @@ class ModelBundle:
     def temperature(self) -> float:
         """The softmax temperature fitted on held-out cells (1 for uncalibrated models)."""
         return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def novelty(self) -> NoveltyFit | None:
+        """The fitted novelty score (:mod:`scnym.novelty`), None for models trained without."""
+        return NoveltyFit.load(self.path)
 
     @property
     def confidence_threshold(self) -> float | None:

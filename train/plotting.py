@@ -91,7 +91,9 @@ def plot_confusion_matrix(truth, pred, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_embedding(embedding, colours: dict, path: str | Path, seed: int = 0) -> None:
+def plot_embedding(
+    embedding, colours: dict, path: str | Path, seed: int = 0, scores: dict | None = None
+) -> None:
     """t-SNE of an embedding (e.g. ``X_scnym``), one panel per colouring.
 
     Parameters
@@ -104,6 +106,9 @@ def plot_embedding(embedding, colours: dict, path: str | Path, seed: int = 0) ->
         PNG file.
     seed
         Seed of the t-SNE layout.
+    scores
+        Panel title -> one number per cell (e.g. ``scNym_novelty``), drawn on a
+        colour scale (NaN: grey).
     """
     import matplotlib
 
@@ -114,8 +119,19 @@ def plot_embedding(embedding, colours: dict, path: str | Path, seed: int = 0) ->
     embedding = np.asarray(embedding, dtype=np.float32)
     perplexity = float(min(30, max(2, (len(embedding) - 1) // 3)))
     layout = TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(embedding)
-    fig, axes = plt.subplots(1, len(colours), figsize=(5.5 * len(colours), 4.5), squeeze=False)
-    for ax, (title, labels) in zip(axes[0], colours.items(), strict=True):
+    scores = scores or {}
+    panels = len(colours) + len(scores)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), squeeze=False)
+    for ax, (title, values) in zip(axes[0][len(colours) :], scores.items(), strict=True):
+        values = np.asarray(values, dtype=float)
+        ax.scatter(*layout[np.isnan(values)].T, s=3, c="lightgrey")
+        shown = ax.scatter(*layout[~np.isnan(values)].T, s=3, c=values[~np.isnan(values)],
+                           cmap="viridis", vmax=np.nanquantile(values, 0.99))  # fmt: skip
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+        ax.set_title(f"X_scnym (t-SNE), by {title}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, (title, labels) in zip(axes[0], colours.items(), strict=False):
         labels = np.asarray(labels)
         for label in np.unique(labels):
             mask = labels == label

@@ -20,6 +20,7 @@ from scnym.infer.memory import model_inputs, predict_adata, write_prediction
 
 from .fitting import EVAL_BATCH_SIZE
 from .modeldir import ModelBundle
+from .novelty import NoveltyScorer
 from .pretrained import get_pretrained_weights, is_registry_model
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,15 @@ def model_outputs(
 
 def predict_arrays(
     bundle: ModelBundle, X, batch_size: int = EVAL_BATCH_SIZE
-) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated probabilities (the model's temperature) and embeddings of log1p(CPM) rows
-    already in the model's gene order."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Calibrated probabilities (the model's temperature), embeddings and novelty scores
+    (None for models trained without the score) of log1p(CPM) rows already in the
+    model's gene order."""
     logits, embedding = model_outputs(bundle.model, X, batch_size)
-    return softmax(logits / bundle.temperature, axis=1).astype(np.float32), embedding
+    probabilities = softmax(logits / bundle.temperature, axis=1).astype(np.float32)
+    fit = bundle.novelty
+    novelty = None if fit is None else NoveltyScorer(fit).score(logits)
+    return probabilities, embedding, novelty
 
 
 def predict_bundle(
@@ -72,9 +77,17 @@ def predict_bundle(
     """
     X, _ = model_inputs(adata, bundle.gene_names, min_gene_overlap=min_gene_overlap)
     empty = np.asarray(X.sum(axis=1)).ravel() <= 0  # no counts in the model's genes
-    probs, embedding = predict_arrays(bundle, X)
+    probs, embedding, novelty = predict_arrays(bundle, X)
+    if novelty is None:
+        logger.warning(
+            "%s was trained without the novelty score: cells are flagged by confidence alone",
+            bundle.path,
+        )
+        threshold = bundle.confidence_threshold
+    else:
+        threshold = bundle.novelty.threshold
     write_prediction(
-        adata, probs, embedding, bundle.class_names, key_added, empty, bundle.confidence_threshold
+        adata, probs, embedding, bundle.class_names, key_added, empty, threshold, novelty
     )
 
 

@@ -31,6 +31,12 @@ def check_equal(written: anndata.AnnData, adata, model_path, key="scNym"):
         written.obs[f"{key}_confidence"].to_numpy(), expected.probabilities.max(1), atol=1e-6
     )
     np.testing.assert_allclose(written.obsm["X_scnym"], expected.embedding, atol=1e-6)
+    if expected.novelty is not None:  # the model has the score: written beside the label
+        novelty = written.obs[f"{key}_novelty"].to_numpy()
+        relative = np.abs(novelty - expected.novelty) / np.maximum(np.abs(expected.novelty), 1)
+        assert relative.max(initial=0) <= 1e-5, relative.max()
+    else:
+        assert f"{key}_novelty" not in written.obs
 
 
 def tree_digest(path: Path) -> str:

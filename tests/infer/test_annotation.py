@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import anndata
+import numpy as np
 import pytest
 import zarr
 from annotation_checks import check_equal
-from scnym.infer import annotate
+from scnym.infer import OnnxModel, annotate
 from scnym.infer.partial import partial_folder
 
 
@@ -22,7 +23,13 @@ def test_zarr_store_in_place_equals_in_memory(query, onnx_model, tmp_path, fmt):
     check_equal(written, query, onnx_model)
     assert (written.X != query.X).nnz == 0  # X untouched
     assert written.uns["scNym_annotate"]["gene_coverage"] == pytest.approx(55 / 60)
-    assert "scNym_unknown" in written.obs  # the model's 0.9 threshold
+    # the flag: novelty above the model's threshold (chosen on held-out reference cells)
+    threshold = OnnxModel(onnx_model).unknown_threshold
+    assert threshold == written.uns["scNym_annotate"]["unknown_threshold"]
+    assert written.obs["scNym_unknown"].dtype == bool
+    np.testing.assert_array_equal(
+        written.obs["scNym_unknown"], written.obs["scNym_novelty"].to_numpy() > threshold
+    )
     assert not partial_folder(str(store), None).exists()
     embedding = zarr.open_group(store, mode="r")["obsm"]["X_scnym"]
     assert embedding.metadata.zarr_format == fmt  # the store's own format

@@ -86,7 +86,10 @@ def test_cells_without_counts_get_no_label_in_annotate_and_predict(query, onnx_m
     written = anndata.read_zarr(store)
     assert written.obs["scNym"].isna().to_numpy().nonzero()[0].tolist() == [3, 17]
     assert np.isnan(written.obs["scNym_confidence"].to_numpy()[[3, 17]]).all()
-    assert (written.obs["scNym_unknown"].astype(str).to_numpy()[[3, 17]] == "Unknown").all()
+    assert np.isnan(written.obs["scNym_novelty"].to_numpy()[[3, 17]]).all()
+    assert written.obs["scNym_unknown"].dtype == bool
+    assert written.obs["scNym_unknown"].to_numpy()[[3, 17]].all()  # flagged: nothing to place
+    assert not np.isnan(written.obs["scNym_novelty"].drop(query.obs_names[[3, 17]])).any()
     assert written.obs["scNym"].notna().sum() == query.n_obs - 2
     assert result.record["n_cells_without_counts"] == 2
     assert written.uns["scNym_annotate"]["n_cells_without_counts"] == 2
@@ -96,6 +99,9 @@ def test_cells_without_counts_get_no_label_in_annotate_and_predict(query, onnx_m
     np.testing.assert_array_equal(
         in_memory.obs["scNym"].astype(str), written.obs["scNym"].astype(str)
     )
+    assert in_memory.obs["scNym_unknown"].dtype == bool
+    np.testing.assert_array_equal(in_memory.obs["scNym_unknown"], written.obs["scNym_unknown"])
+    assert np.isnan(in_memory.obs["scNym_novelty"].to_numpy()[[3, 17]]).all()
 
 
 def _chunk_files(array_folder):

@@ -7,7 +7,6 @@ import pytest
 from scnym.infer.contract import (
     DEFAULT_KEY_ADDED,
     EMBEDDING_KEY,
-    UNKNOWN_LABEL,
     ResultKeys,
     gene_id_type,
 )
@@ -36,10 +35,17 @@ def test_gene_id_type_reads_any_iterable_once():
 
 def test_result_keys_are_named_after_key_added():
     keys = ResultKeys("pred")
-    assert (keys.label, keys.confidence, keys.unknown, keys.probabilities) == (
-        "pred", "pred_confidence", "pred_unknown", "pred_probabilities",
+    assert (keys.label, keys.confidence, keys.unknown, keys.novelty, keys.probabilities) == (
+        "pred", "pred_confidence", "pred_unknown", "pred_novelty", "pred_probabilities",
     )  # fmt: skip
     assert keys.embedding == EMBEDDING_KEY == "X_scnym"  # whatever key_added
     assert ResultKeys().label == DEFAULT_KEY_ADDED == "scNym"
     assert ResultKeys().confidence == "scNym_confidence"
-    assert UNKNOWN_LABEL == "Unknown"
+    assert ResultKeys().novelty == "scNym_novelty"
+
+
+def test_unknown_label_is_gone():
+    """The flag is a bool column now: no label stands for "not a reference type"."""
+    import scnym.infer.contract as contract
+
+    assert not hasattr(contract, "UNKNOWN_LABEL")

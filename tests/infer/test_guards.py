@@ -81,8 +81,9 @@ def test_earlier_scnym_results_are_replaced_and_recorded(query, onnx_model, tmp_
     annotate(store, onnx_model, key_added="again", progress=False)
     second = annotate(store, onnx_model, progress=False)
     record = anndata.read_zarr(store).uns[ANNOTATE_RECORD_KEY]
-    ours = {"obs/scNym", "obs/scNym_confidence", "obs/scNym_unknown", "obsm/X_scnym"}
-    assert set(record["replaced"]) == ours  # the model has a confidence threshold: _unknown too
+    ours = {"obs/scNym", "obs/scNym_confidence", "obs/scNym_novelty", "obs/scNym_unknown",
+            "obsm/X_scnym"}  # fmt: skip
+    assert set(record["replaced"]) == ours  # the model has the novelty score and its threshold
     assert {"scNym", "again", "again_confidence"} <= set(record["written"]["obs"])
     assert second.record["replaced"] == list(record["replaced"])
     check_equal(anndata.read_zarr(store), query, onnx_model)

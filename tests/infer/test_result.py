@@ -20,7 +20,7 @@ def test_an_anndata_in_memory_is_annotated_like_a_store(query, onnx_model, tmp_p
     assert isinstance(result, AnnotationResult) and result.written_to == "the AnnData"
     check_equal(in_memory, query, onnx_model)
     written = anndata.read_zarr(store)
-    for column in ("scNym", "scNym_confidence", "scNym_unknown"):
+    for column in ("scNym", "scNym_confidence", "scNym_novelty", "scNym_unknown"):
         np.testing.assert_array_equal(in_memory.obs[column], written.obs[column])
     assert in_memory.uns["scNym_annotate"]["written"]["obs"] == list(
         written.uns["scNym_annotate"]["written"]["obs"]
@@ -36,7 +36,8 @@ def test_the_result_as_a_table_and_an_anndata(query, onnx_model, tmp_path):
     result = annotate(store, onnx_model, progress=False)
     frame = result.to_df()
     assert list(frame.index) == list(query.obs_names)
-    assert list(frame.columns) == ["scNym", "scNym_confidence", "scNym_unknown"]
+    assert list(frame.columns) == ["scNym", "scNym_confidence", "scNym_novelty", "scNym_unknown"]
+    assert frame["scNym_unknown"].dtype == bool and frame["scNym_novelty"].dtype == np.float32
     assert result.embedding is None  # a store's embedding stays out of core, in obsm
     in_memory = annotate(query.copy(), onnx_model, progress=False).to_adata()
     assert in_memory.obsm["X_scnym"].shape == (query.n_obs, 256)
@@ -100,7 +101,8 @@ def test_scanpy_plots_read_the_results(query, onnx_model):
     query.obsm["X_umap"] = query.obsm["X_scnym"][:, :2]
     sc.pl.umap(query, color="scNym", show=False)
     sc.pl.dotplot(query, list(query.var_names[:5]), groupby="scNym", show=False)
-    sc.pl.dotplot(query, list(query.var_names[:5]), groupby="scNym_unknown", show=False)
+    # the flag is a bool column and the score a float one: scanpy colours cells by either
+    sc.pl.umap(query, color=["scNym_unknown", "scNym_novelty"], show=False)
 
 
 def test_a_backed_anndata_is_read_as_its_store(query, onnx_model, tmp_path):

@@ -1,4 +1,4 @@
-"""Writing results: replacing earlier results in place, zarr/h5ad/parquet/csv outputs, Unknown."""
+"""Writing results: replacing earlier results in place, zarr/h5ad/parquet/csv outputs, the flag."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import zarr
 from annotation_checks import check_equal, reference
-from scnym.infer import annotate
+from scnym.infer import OnnxModel, annotate
 
 
 @pytest.mark.parametrize("fmt", [2, 3])
@@ -48,7 +48,10 @@ def test_memory_fsspec_store_to_output_files(query, onnx_model, tmp_path):
     np.testing.assert_array_equal(frame["scNym"].astype(str), written.obs["scNym"].astype(str))
     csv = tmp_path / "results.csv"
     annotate(url, onnx_model, output=csv, progress=False, unknown_threshold=None)
-    assert list(pd.read_csv(csv, index_col=0).columns) == ["scNym", "scNym_confidence"]
+    # no threshold, no flag column; the novelty score is written all the same
+    assert list(pd.read_csv(csv, index_col=0).columns) == [
+        "scNym", "scNym_confidence", "scNym_novelty",
+    ]  # fmt: skip
 
 
 def test_h5ad_output(query, onnx_model, tmp_path):
@@ -60,11 +63,22 @@ def test_h5ad_output(query, onnx_model, tmp_path):
     assert "pred" not in anndata.read_zarr(store).obs
 
 
-def test_unknown_threshold_marks_low_confidence_cells(query, onnx_model, tmp_path):
+def test_unknown_threshold_flags_cells_above_it_in_novelty(query, onnx_model, tmp_path):
+    # the fixture's model has the novelty score: the threshold is on that scale
+    assert OnnxModel(onnx_model).has_novelty
+    novelty = annotate(query.copy(), onnx_model, progress=False).columns["scNym_novelty"]
+    threshold = float(np.median(novelty))  # flags about half of the cells
     store = tmp_path / "q.zarr"
     query.write_zarr(store)
-    annotate(store, onnx_model, unknown_threshold=0.99, progress=False)
+    result = annotate(store, onnx_model, unknown_threshold=threshold, progress=False)
     obs = anndata.read_zarr(store).obs
-    low = obs["scNym_confidence"] < 0.99
-    assert (obs.loc[low, "scNym_unknown"] == "Unknown").all()
-    assert (obs.loc[~low, "scNym_unknown"].astype(str) == obs.loc[~low, "scNym"].astype(str)).all()
+    assert obs["scNym_unknown"].dtype == bool
+    high = obs["scNym_novelty"].to_numpy() > threshold
+    assert 0 < high.sum() < len(high)
+    np.testing.assert_array_equal(obs["scNym_unknown"].to_numpy(), high)
+    # the label stays the best reference type, flagged or not
+    expected, classes = reference(query, onnx_model)
+    labels = np.asarray(classes)[expected.predicted_class]
+    np.testing.assert_array_equal(obs["scNym"].astype(str).to_numpy(), labels)
+    assert result.record["unknown_threshold"] == threshold
+    assert result.record["novelty_score"] is True

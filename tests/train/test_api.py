@@ -17,6 +17,7 @@ from scnym.api import (
     scnym_predict,
     scnym_train,
 )
+from scnym.fitting import EVAL_BATCH_SIZE
 from scnym.modeldir import MANIFEST_FILE, RESULTS_FILE, WEIGHTS_FILE
 from synthetic import log1p_cpm, make_counts
 
@@ -120,10 +121,14 @@ def test_dense_log1p_input_trains(tmp_path):
 
 
 def test_sparse_input_is_never_densified_whole(tmp_path, monkeypatch):
-    adata = make_counts(n_cells=150, n_genes=30, seed=1)
+    # more cells than an evaluation block, so that densifying the whole matrix is caught;
+    # training densifies its batches, evaluation (held-out splits, the novelty score's
+    # class statistics on the training split) blocks of EVAL_BATCH_SIZE rows
+    adata = make_counts(n_cells=EVAL_BATCH_SIZE + 500, n_genes=30, seed=1)
+    largest = max(FAST["batch_size"], EVAL_BATCH_SIZE)
 
     def refuse(self, *args, **kwargs):
-        if self.shape[0] > FAST["batch_size"]:
+        if self.shape[0] > largest:
             raise AssertionError(f"densified {self.shape[0]} rows at once")
         return original(self, *args, **kwargs)
 
