@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .contract import DEFAULT_KEY_ADDED, DEFAULT_MIN_GENE_OVERLAP
+from .contract import DEFAULT_KEY_ADDED, DEFAULT_MIN_GENE_OVERLAP, ResultKeys
 
 
 def model_file(model: str) -> str:
@@ -81,3 +81,10 @@ def annotate(store, model, output, overwrite, layer, measurement, obs_filter, ge
     empty = result.record.get("n_cells_without_counts", 0)
     if empty:
         click.echo(f"{empty:,} cells hold no counts in the model's genes: they get no label (NaN)")
+    if result.unknown is not None:
+        keys = ResultKeys(key_added)
+        by = "novelty" if result.novelty is not None else "confidence"
+        click.echo(
+            f"Flagged as unlike the reference ({by}): {int(result.unknown.sum()):,} cells "
+            f"({result.unknown.mean():.1%}), in obs['{keys.unknown}']; labels unchanged"
+        )

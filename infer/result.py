@@ -51,8 +51,9 @@ class AnnotationResult:
     ----------
     columns
         The obs columns as written, by name: ``key_added`` (categorical; missing
-        for cells without counts), ``key_added + '_confidence'`` and, where a
-        confidence threshold applies, ``key_added + '_unknown'``.
+        for cells without counts), ``key_added + '_confidence'``, the novelty
+        score ``key_added + '_novelty'`` (models exported with it) and, where a
+        threshold applies, the bool flag ``key_added + '_unknown'``.
     coverage
         How many of the model's genes the data holds.
     n_cells, seconds
@@ -89,6 +90,18 @@ class AnnotationResult:
     def confidence(self) -> np.ndarray:
         """The probability of each predicted type (float32; NaN without counts)."""
         return np.asarray(self.columns[ResultKeys(self.key_added).confidence])
+
+    @property
+    def novelty(self) -> np.ndarray | None:
+        """The novelty score of each cell (NaN without counts; None for older models)."""
+        values = self.columns.get(ResultKeys(self.key_added).novelty)
+        return None if values is None else np.asarray(values)
+
+    @property
+    def unknown(self) -> np.ndarray | None:
+        """The flag of each cell (bool; None when no threshold applied)."""
+        values = self.columns.get(ResultKeys(self.key_added).unknown)
+        return None if values is None else np.asarray(values, dtype=bool)
 
     @property
     def cells_per_s(self) -> float:

@@ -19,7 +19,13 @@ def test_cli_annotate_with_torch_blocked(query, onnx_model, tmp_path):
     done = run_cli_without_torch("annotate", str(store), "--model", str(onnx_model), "--quiet")
     assert done.returncode == 0, done.stderr
     assert "Gene coverage: 55/60 model genes" in done.stdout
-    check_equal(anndata.read_zarr(store), query, onnx_model)
+    written = anndata.read_zarr(store)
+    check_equal(written, query, onnx_model)
+    flagged = int(written.obs["scNym_unknown"].sum())
+    share = flagged / written.n_obs
+    assert f"Flagged as unlike the reference (novelty): {flagged:,} cells ({share:.1%})" in (
+        done.stdout
+    )
 
 
 def test_cli_annotate_reports_errors_in_one_line(query, onnx_model, tmp_path):

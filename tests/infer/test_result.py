@@ -38,6 +38,9 @@ def test_the_result_as_a_table_and_an_anndata(query, onnx_model, tmp_path):
     assert list(frame.index) == list(query.obs_names)
     assert list(frame.columns) == ["scNym", "scNym_confidence", "scNym_novelty", "scNym_unknown"]
     assert frame["scNym_unknown"].dtype == bool and frame["scNym_novelty"].dtype == np.float32
+    np.testing.assert_array_equal(result.novelty, frame["scNym_novelty"])
+    np.testing.assert_array_equal(result.unknown, frame["scNym_unknown"])
+    assert annotate(store, onnx_model, progress=False, unknown_threshold=None).unknown is None
     assert result.embedding is None  # a store's embedding stays out of core, in obsm
     in_memory = annotate(query.copy(), onnx_model, progress=False).to_adata()
     assert in_memory.obsm["X_scnym"].shape == (query.n_obs, 256)
