@@ -34,6 +34,10 @@ from scnym.models import add_entry, entry_for_file
 from scnym.preprocessing import log1p_cpm
 
 MODELS = REPO / "models"
+#: The registry file itself, not the package's copy: an editable install in strict mode
+#: links the package's files from build/, and an atomic write there would replace the
+#: link instead of updating the repository's registry.
+REGISTRY = MODELS / "registry.json"
 MODEL_NAME = "human_pbmc_kang2018"
 ATLAS_NAME = "human_pbmc_kang2018_atlas"
 ATLAS_PER_CLASS = 200
@@ -135,6 +139,7 @@ def main() -> None:
         add_entry(
             entry_for_file(
                 onnx_path,
+                registry_path=REGISTRY,
                 name=MODEL_NAME,
                 kind="model",
                 aliases=["pretrained_human"],
@@ -146,7 +151,8 @@ def main() -> None:
                 ),
                 trained_on=trained_on(adata),
                 license=LICENSE,
-            )
+            ),
+            REGISTRY,
         )
         print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB)")
     atlas_path = build_atlas(adata, args.seed)
@@ -154,6 +160,7 @@ def main() -> None:
     add_entry(
         entry_for_file(
             atlas_path,
+            registry_path=REGISTRY,
             name=ATLAS_NAME,
             kind="atlas",
             aliases=["atlas_human"],
@@ -166,7 +173,8 @@ def main() -> None:
             label_key="cell_type",
             trained_on=trained_on(atlas),
             license=LICENSE,
-        )
+        ),
+        REGISTRY,
     )
     print(f"wrote {atlas_path} ({atlas_path.stat().st_size / 1e6:.2f} MB)")
 
