@@ -555,6 +555,20 @@ EPOCH_NOTE = (
 )
 
 
+NOVELTY_NOTE = (
+    "`python benchmarks/novelty.py --presets P --seeds S --out results/novelty_kang*.json`, "
+    "one file per run of the script, all of them read here. For each type with at "
+    "least 100 stim cells, its ctrl cells are removed from the labeled reference, a model is "
+    "trained (stim cells unlabeled) and predicts the stim cells. AUROC: `obs['scNym_novelty']` "
+    "(or 1 - confidence, on the same cells), left-out cells vs the known types' cells. Flagged: "
+    "`obs['scNym_unknown']` at the model's own threshold (5 % of held-out reference cells). "
+    "CellTypist 1.7.1: `benchmarks/peers/novelty_celltypist.py` (its default model, `mode='prob "
+    "match'`, p 0.5; AUROC of 1 - its highest class probability; flagged = `Unassigned`). Known "
+    "accuracy: the label is the best reference type whether flagged or not, so the score does "
+    "not change it."
+)
+
+
 def targets_section(frame: pd.DataFrame, epoch_rows: list[dict], annotation) -> list[str]:
     """The claims, each met or missed with the measured ratio."""
     lines = ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
@@ -603,7 +617,8 @@ def build_report(results: dict, out: Path, plot_dir: Path, report_command: str) 
     lines += ["## Training time per epoch, ours / original", "", EPOCH_NOTE, ""]
     lines += [*(epoch_time_table(epoch_rows) if epoch_rows else ["(no paired runs)"]), ""]
     lines += [*recall_section(frame, tasks, out.parent, plot_dir)]
-    lines += ["## Annotation throughput", "", *annotation_section(annotation)]
+    lines += ["## Annotation throughput", "", *annotation_section(annotation), ""]
+    lines += novelty_section(HERE / "results")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -635,6 +650,20 @@ def annotation_section(annotation: dict | None) -> list[str]:
         "",
         *annotation_table(annotation),
     ]
+
+
+def novelty_section(folder: Path) -> list[str]:
+    """The leave-one-type-out table of ``benchmarks/novelty.py`` (every ``novelty_kang*.json``)."""
+    from novelty import table
+
+    rows = [row for path in sorted(folder.glob("novelty_kang*.json"))
+            for row in json.loads(path.read_text())]  # fmt: skip
+    if not rows:
+        return []
+    peer_path = folder / "novelty_celltypist_ctrl.json"
+    peer = json.loads(peer_path.read_text()) if peer_path.exists() else None
+    return ["## Finding a type the reference lacks (Kang ctrl → stim, leave one type out)", "",
+            NOVELTY_NOTE, "", table(rows, peer)]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
