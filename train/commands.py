@@ -125,6 +125,7 @@ def predict(data, model_dir, out_file, overwrite, layer, gene_key, key_added, mi
     A model directory runs through torch; an ONNX file or a registry model
     (``scnym models list``) through onnxruntime, without torch.
     """
+    from scnym.infer.contract import ResultKeys
     from scnym.infer.guards import check_output
 
     out_file = out_file or str(Path(data).with_name(Path(data).stem + "_scnym.h5ad"))
@@ -140,6 +141,13 @@ def predict(data, model_dir, out_file, overwrite, layer, gene_key, key_added, mi
     counts = adata.obs[key_added].value_counts()
     click.echo(f"Wrote {out_file}: {adata.n_obs} cells annotated")
     click.echo(counts.to_string())
+    unknown = ResultKeys(key_added).unknown
+    if unknown in adata.obs:
+        flag = adata.obs[unknown]
+        click.echo(
+            f"Flagged as unlike the reference: {int(flag.sum()):,} cells ({flag.mean():.1%}), in "
+            f"obs['{unknown}']; labels unchanged"
+        )
 
 
 def _predict(adata, model, key_added, device, layer, gene_key, min_gene_overlap, threads) -> None:

@@ -98,7 +98,13 @@ def test_predict_command_takes_a_registry_model(tmp_path):
     result = CliRunner().invoke(main, ["predict", str(data), "--model", "pretrained_human",
                                        "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert anndata.read_h5ad(out).obs["scNym"].notna().all()
+    written = anndata.read_h5ad(out)
+    assert written.obs["scNym"].notna().all()
+    flagged = int(written.obs["scNym_unknown"].sum())  # the shipped model has the novelty score
+    assert written.obs["scNym_novelty"].notna().all()
+    assert f"Flagged as unlike the reference: {flagged:,} cells ({flagged / 200:.1%})" in (
+        result.output
+    )
     missing = CliRunner().invoke(main, ["predict", str(data), "--model", str(tmp_path / "nope")])
     assert missing.exit_code != 0 and "scnym models list" in missing.output
 
