@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import anndata
 import numpy as np
@@ -203,6 +204,7 @@ def predict_adata(
     device: str = "auto",
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
     threads: int | None = None,
+    unknown_threshold: float | None | Literal["auto"] = "auto",
 ) -> MatrixPrediction:
     """Annotate an in-memory AnnData with an exported model, torch-free.
 
@@ -220,6 +222,8 @@ def predict_adata(
         Least fraction of the model's genes ``adata`` must hold.
     threads
         onnxruntime intra-op threads.
+    unknown_threshold
+        The flag's threshold (see :func:`scnym.infer.annotate`); ``'auto'``: the model's.
     """
     onnx_model = OnnxModel(
         resolve_model(model), providers=resolve_providers(device), threads=threads
@@ -236,7 +240,8 @@ def predict_adata(
     )  # fmt: skip
     write_prediction(
         adata, result.probabilities, result.embedding, result.classes, key_added, result.empty,
-        onnx_model.unknown_threshold, result.novelty,
+        onnx_model.unknown_threshold if unknown_threshold == "auto" else unknown_threshold,
+        result.novelty,
     )  # fmt: skip
     return result
 

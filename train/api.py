@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anndata
 import numpy as np
@@ -107,6 +107,7 @@ def scnym_api(
     key_added: str = DEFAULT_KEY_ADDED,
     copy: bool = False,
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+    unknown_threshold: float | None | Literal["auto"] = "auto",
 ) -> anndata.AnnData | None:
     """Train an scNym model or predict cell types with one.
 
@@ -137,6 +138,11 @@ def scnym_api(
         Work on (and return) a copy of ``adata``, leaving the input untouched.
     min_gene_overlap
         Least fraction of the model's genes ``adata`` must hold (predict).
+    unknown_threshold
+        Threshold of the flag ``obs[key_added + '_unknown']`` (predict): cells whose
+        ``obs[key_added + '_novelty']`` is above it are flagged (for models without the
+        score: confidence below it); ``'auto'``: the model's, chosen on held-out
+        reference cells; None: no flag.
 
     Returns
     -------
@@ -173,7 +179,7 @@ def scnym_api(
             trained_model=trained_model,
         )
     else:
-        scnym_predict(adata, cfg, trained_model, key_added, min_gene_overlap)
+        scnym_predict(adata, cfg, trained_model, key_added, min_gene_overlap, unknown_threshold)
     return adata if copy else None
 
 
@@ -310,11 +316,14 @@ def scnym_predict(
     trained_model: str | None = None,
     key_added: str = DEFAULT_KEY_ADDED,
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+    unknown_threshold: float | None | Literal["auto"] = "auto",
 ) -> None:
     """Annotate ``adata`` in place with a trained model.
 
-    Writes ``obs[key_added]``, ``obs[key_added + '_confidence']``,
-    ``uns['scNym_probabilities']`` and ``obsm['X_scnym']``. ``trained_model`` is
+    Writes ``obs[key_added]``, ``obs[key_added + '_confidence']``, the novelty
+    score ``obs[key_added + '_novelty']`` and its flag ``obs[key_added + '_unknown']``
+    (``unknown_threshold``: see :func:`scnym_api`), ``uns['scNym_probabilities']``
+    and ``obsm['X_scnym']``. ``trained_model`` is
     a model directory (torch; the architecture is read from it, not from
     ``config``), an ONNX file written by ``scnym export``, or a registry model
     name (``'pretrained_human'``, ``scnym models list``). ONNX files and
@@ -333,7 +342,7 @@ def scnym_predict(
     check_unique_genes(adata.var_names)
     onnx = onnx_file(str(trained_model))
     if onnx is not None:
-        predict_onnx(adata, onnx, key_added, cfg.device, min_gene_overlap)
+        predict_onnx(adata, onnx, key_added, cfg.device, min_gene_overlap, unknown_threshold)
         return
     if not Path(trained_model).exists():
         raise FileNotFoundError(
@@ -341,7 +350,7 @@ def scnym_predict(
             "registry model name (see `scnym models list`)"
         )
     bundle = load_model_dir(trained_model, map_location=resolve_device(cfg.device))
-    predict_bundle(adata, bundle, key_added, min_gene_overlap)
+    predict_bundle(adata, bundle, key_added, min_gene_overlap, unknown_threshold)
 
 
 __all__ = [

@@ -118,8 +118,11 @@ def train(
               help="Least fraction of the model's genes the data must hold.")  # fmt: skip
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--threads", type=int, default=None, help="CPU threads (torch or onnxruntime).")
+@click.option("--unknown-threshold", type=float, default=None,
+              help="Flag cells whose novelty score is above this (default: the model's; models "
+                   "without the score: confidence below it).")  # fmt: skip
 def predict(data, model_dir, out_file, overwrite, layer, gene_key, key_added, min_gene_overlap,
-            device, threads) -> None:  # fmt: skip
+            device, threads, unknown_threshold) -> None:  # fmt: skip
     """Annotate DATA.h5ad in memory with a trained model.
 
     A model directory runs through torch; an ONNX file or a registry model
@@ -136,7 +139,9 @@ def predict(data, model_dir, out_file, overwrite, layer, gene_key, key_added, mi
         )  # fmt: skip
     check_output(out_file, data, overwrite)
     adata = _read_h5ad(data)
-    _predict(adata, model_dir, key_added, device, layer, gene_key, min_gene_overlap, threads)
+    threshold = "auto" if unknown_threshold is None else unknown_threshold
+    _predict(adata, model_dir, key_added, device, layer, gene_key, min_gene_overlap, threads,
+             threshold)  # fmt: skip
     adata.write_h5ad(out_file)
     counts = adata.obs[key_added].value_counts()
     click.echo(f"Wrote {out_file}: {adata.n_obs} cells annotated")
@@ -150,7 +155,8 @@ def predict(data, model_dir, out_file, overwrite, layer, gene_key, key_added, mi
         )
 
 
-def _predict(adata, model, key_added, device, layer, gene_key, min_gene_overlap, threads) -> None:
+def _predict(adata, model, key_added, device, layer, gene_key, min_gene_overlap, threads,
+             unknown_threshold="auto") -> None:  # fmt: skip
     """Predict on ``layer`` of ``adata`` (genes named by ``gene_key``); keys written into ``adata``."""
     from scnym.infer.contract import PROBABILITIES_UNS_KEY, ResultKeys
     from scnym.infer.memory import matrix_of
@@ -172,12 +178,14 @@ def _predict(adata, model, key_added, device, layer, gene_key, min_gene_overlap,
         if threads is not None:
             torch.set_num_threads(threads)
         scnym_api(query, task="predict", trained_model=model, key_added=key_added,
-                  config={"device": device}, min_gene_overlap=min_gene_overlap)  # fmt: skip
+                  config={"device": device}, min_gene_overlap=min_gene_overlap,
+                  unknown_threshold=unknown_threshold)  # fmt: skip
     else:
         from scnym.infer.commands import model_file
         from scnym.infer.memory import predict_adata
 
-        predict_adata(query, model_file(model), key_added, device, min_gene_overlap, threads)
+        predict_adata(query, model_file(model), key_added, device, min_gene_overlap, threads,
+                      unknown_threshold)  # fmt: skip
     if query is not adata:
         keys = ResultKeys(key_added)
         for column in (keys.label, keys.confidence, keys.novelty, keys.unknown):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import anndata
 import numpy as np
@@ -66,8 +67,12 @@ def predict_bundle(
     bundle: ModelBundle,
     key_added: str,
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+    unknown_threshold: float | None | Literal["auto"] = "auto",
 ) -> None:
     """Predict with a loaded model directory, writing the prediction keys.
+
+    ``unknown_threshold``: the flag's threshold (novelty scale; confidence for models
+    trained without the score); ``'auto'``: the model's.
 
     Raises
     ------
@@ -86,6 +91,8 @@ def predict_bundle(
         threshold = bundle.confidence_threshold
     else:
         threshold = bundle.novelty.threshold
+    if unknown_threshold != "auto":
+        threshold = unknown_threshold
     write_prediction(
         adata, probs, embedding, bundle.class_names, key_added, empty, threshold, novelty
     )
@@ -107,6 +114,8 @@ def predict_onnx(
     key_added: str,
     device: str,
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+    unknown_threshold: float | None | Literal["auto"] = "auto",
 ) -> None:
     """Predict torch-free with onnxruntime (:func:`scnym.infer.memory.predict_adata`)."""
-    predict_adata(adata, path, key_added, device, min_gene_overlap)
+    predict_adata(adata, path, key_added, device, min_gene_overlap,
+                  unknown_threshold=unknown_threshold)  # fmt: skip

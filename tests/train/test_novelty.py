@@ -79,6 +79,22 @@ def test_a_type_missing_from_the_reference_is_flagged(target):
     assert set(obs["scNym"].astype(str)) <= {"type_0", "type_1", "type_2"}
 
 
+@pytest.mark.parametrize("through", ["model_dir", "exported"])
+def test_the_threshold_can_be_moved_or_dropped(data, model_dir, exported, through):
+    trained = str(model_dir if through == "model_dir" else exported)
+    cells = data[data.obs["domain"] == "target"].copy()
+    scnym_api(cells, task="predict", trained_model=trained, unknown_threshold=float("inf"))
+    assert not cells.obs["scNym_unknown"].any()
+    median = float(np.median(cells.obs["scNym_novelty"]))
+    scnym_api(cells, task="predict", trained_model=trained, unknown_threshold=median)
+    np.testing.assert_array_equal(
+        cells.obs["scNym_unknown"], cells.obs["scNym_novelty"].to_numpy() > median
+    )
+    fresh = data[data.obs["domain"] == "target"].copy()
+    scnym_api(fresh, task="predict", trained_model=trained, unknown_threshold=None)
+    assert "scNym_unknown" not in fresh.obs and "scNym_novelty" in fresh.obs
+
+
 def test_the_threshold_and_the_score_round_trip(model_dir, exported, tmp_path):
     fit = load_model_dir(model_dir).novelty
     assert fit is not None and fit.flag_rate == 0.05 and np.isfinite(fit.threshold)
