@@ -139,10 +139,8 @@ def scnym_api(
     min_gene_overlap
         Least fraction of the model's genes ``adata`` must hold (predict).
     unknown_threshold
-        Threshold of the flag ``obs[key_added + '_unknown']`` (predict): cells whose
-        ``obs[key_added + '_novelty']`` is above it are flagged (for models without the
-        score: confidence below it); ``'auto'``: the model's, chosen on held-out
-        reference cells; None: no flag.
+        Threshold of the flag ``obs[key_added + '_unknown']`` (predict; see
+        :func:`scnym_predict`); ``'auto'``: the model's; None: no flag.
 
     Returns
     -------
@@ -170,14 +168,8 @@ def scnym_api(
     check_unique_genes(adata.var_names)
     _check_task_inputs(adata, task, groupby, trained_model)
     if task == "train":
-        scnym_train(
-            adata,
-            cfg,
-            groupby=groupby,
-            domain_groupby=domain_groupby,
-            out_path=run.get("out_path", out_path),
-            trained_model=trained_model,
-        )
+        scnym_train(adata, cfg, groupby=groupby, domain_groupby=domain_groupby,
+                    out_path=run.get("out_path", out_path), trained_model=trained_model)  # fmt: skip
     else:
         scnym_predict(adata, cfg, trained_model, key_added, min_gene_overlap, unknown_threshold)
     return adata if copy else None
@@ -321,9 +313,10 @@ def scnym_predict(
     """Annotate ``adata`` in place with a trained model.
 
     Writes ``obs[key_added]``, ``obs[key_added + '_confidence']``, the novelty
-    score ``obs[key_added + '_novelty']`` and its flag ``obs[key_added + '_unknown']``
-    (``unknown_threshold``: see :func:`scnym_api`), ``uns['scNym_probabilities']``
-    and ``obsm['X_scnym']``. ``trained_model`` is
+    score ``obs[key_added + '_novelty']``, the flag ``obs[key_added + '_unknown']``
+    (novelty above ``unknown_threshold``, or, for models without the score, confidence
+    below it; ``'auto'``: the model's, chosen on held-out reference cells; None: no
+    flag), ``uns['scNym_probabilities']`` and ``obsm['X_scnym']``. ``trained_model`` is
     a model directory (torch; the architecture is read from it, not from
     ``config``), an ONNX file written by ``scnym export``, or a registry model
     name (``'pretrained_human'``, ``scnym models list``). ONNX files and
