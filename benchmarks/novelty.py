@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/novelty.py [--presets new_identity_discovery no_new_identity]
         [--seeds 0 1 2] [--types B NK] [--epochs 100]
+        [--overrides '{"ssl_kwargs": {"pseudolabel_min_confidence": 0.99}}']
         [--celltypist benchmarks/results/novelty_celltypist_ctrl.json]
         [--out benchmarks/results/novelty_kang.json]
 """
@@ -38,8 +39,13 @@ def left_out_types(adata, target: str) -> list[str]:
     return sorted(str(t) for t, n in counts.items() if n >= MIN_TARGET_CELLS)
 
 
-def measure(adata, left_out: str, preset: str, seed: int, epochs: int) -> dict:
-    """Train without ``left_out``'s ctrl cells; score the stim cells."""
+def measure(
+    adata, left_out: str, preset: str, seed: int, epochs: int, overrides: dict | None = None
+) -> dict:
+    """Train without ``left_out``'s ctrl cells; score the stim cells.
+
+    ``overrides``: config values on top of the preset; the row's ``preset`` names them.
+    """
     from kang import ctrl_to_stim
     from scnym.api import scnym_api
     from sklearn.metrics import roc_auc_score
@@ -51,7 +57,7 @@ def measure(adata, left_out: str, preset: str, seed: int, epochs: int) -> dict:
     target = data[data.obs["condition"].to_numpy() == "stim"].copy()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        config = {"preset": preset, "seed": seed, "n_epochs": epochs}
+        config = {"preset": preset, "seed": seed, "n_epochs": epochs, **(overrides or {})}
         scnym_api(data, task="train", groupby="label", out_path=out, config=config)
         seconds = time.perf_counter() - start
         scnym_api(target, task="predict", trained_model=out, config=config)
@@ -61,8 +67,9 @@ def measure(adata, left_out: str, preset: str, seed: int, epochs: int) -> dict:
     flagged = obs["scNym_unknown"].to_numpy(dtype=bool)
     correct = obs["scNym"].astype(str).to_numpy() == obs["cell_type"].astype(str).to_numpy()
     return {
-        "left_out": left_out, "preset": preset, "seed": seed, "n_left_out": int(novel.sum()),
-        "n_known": int((~novel).sum()), "train_seconds": seconds,
+        "left_out": left_out, "seed": seed,
+        "preset": f"{preset} + {json.dumps(overrides)}" if overrides else preset,
+        "n_left_out": int(novel.sum()), "n_known": int((~novel).sum()), "train_seconds": seconds,
         "auroc_novelty": float(roc_auc_score(novel, novelty)),
         "auroc_one_minus_confidence": float(
             roc_auc_score(novel, 1 - obs["scNym_confidence"].to_numpy(dtype=float))
@@ -116,6 +123,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--celltypist", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--overrides", type=json.loads, default=None,
+                        help="JSON config values on top of each preset")  # fmt: skip
     args = parser.parse_args()
     import torch
     from kang import load_kang
@@ -127,7 +136,7 @@ def main() -> None:
     for preset in args.presets:
         for seed in args.seeds:
             for left_out in types:
-                rows.append(measure(adata, left_out, preset, seed, args.epochs))
+                rows.append(measure(adata, left_out, preset, seed, args.epochs, args.overrides))
                 print(json.dumps(rows[-1]), flush=True)
                 if args.out:
                     args.out.write_text(json.dumps(rows, indent=1))
