@@ -21,6 +21,7 @@ import io
 import json
 import pickle
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,10 @@ class ModelBundle:
         """The softmax temperature fitted on held-out cells (1 for uncalibrated models)."""
         return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
 
-    @property
+    @cached_property
     def novelty(self) -> NoveltyFit | None:
-        """The fitted novelty score (:mod:`scnym.novelty`), None for models trained without."""
+        """The fitted novelty score (:mod:`scnym.novelty`), None for models trained without
+        (read from disk once)."""
         return NoveltyFit.load(self.path)
 
     @property

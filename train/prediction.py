@@ -49,17 +49,18 @@ def model_outputs(
     return np.concatenate(logits), np.concatenate(embeds)
 
 
+def _calibrated(bundle: ModelBundle, logits: np.ndarray) -> np.ndarray:
+    """Probabilities at the model's temperature."""
+    return softmax(logits / bundle.temperature, axis=1).astype(np.float32)
+
+
 def predict_arrays(
     bundle: ModelBundle, X, batch_size: int = EVAL_BATCH_SIZE
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Calibrated probabilities (the model's temperature), embeddings and novelty scores
-    (None for models trained without the score) of log1p(CPM) rows already in the
-    model's gene order."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities (the model's temperature) and embeddings of log1p(CPM) rows
+    already in the model's gene order."""
     logits, embedding = model_outputs(bundle.model, X, batch_size)
-    probabilities = softmax(logits / bundle.temperature, axis=1).astype(np.float32)
-    fit = bundle.novelty
-    novelty = None if fit is None else NoveltyScorer(fit).score(logits)
-    return probabilities, embedding, novelty
+    return _calibrated(bundle, logits), embedding
 
 
 def predict_bundle(
@@ -82,20 +83,21 @@ def predict_bundle(
     """
     X, _ = model_inputs(adata, bundle.gene_names, min_gene_overlap=min_gene_overlap)
     empty = np.asarray(X.sum(axis=1)).ravel() <= 0  # no counts in the model's genes
-    probs, embedding, novelty = predict_arrays(bundle, X)
-    if novelty is None:
+    logits, embedding = model_outputs(bundle.model, X)
+    fit = bundle.novelty
+    if fit is None:
         logger.warning(
             "%s was trained without the novelty score: cells are flagged by confidence alone",
             bundle.path,
         )
-        threshold = bundle.confidence_threshold
-    else:
-        threshold = bundle.novelty.threshold
+    novelty = None if fit is None else NoveltyScorer(fit).score(logits)
+    threshold = bundle.confidence_threshold if fit is None else fit.threshold
     if unknown_threshold != "auto":
         threshold = unknown_threshold
     write_prediction(
-        adata, probs, embedding, bundle.class_names, key_added, empty, threshold, novelty
-    )
+        adata, _calibrated(bundle, logits), embedding, bundle.class_names, key_added, empty,
+        threshold, novelty,
+    )  # fmt: skip
 
 
 def onnx_file(trained_model: str) -> Path | None:
